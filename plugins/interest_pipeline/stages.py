@@ -1,0 +1,223 @@
+"""The hourly pipeline's stages, one function per DAG task.
+
+Each stage takes the Airflow data interval, is idempotent for it (replaces exactly that
+interval's rows), opens the warehouse only for as long as it needs it, and returns a small dict
+of counts and its duration for the run-stats task (XCom carries nothing larger).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from interest_pipeline.config import REPO_ROOT, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "dbt", "embed", "fold", "recommend")
+
+
+def to_utc_naive(moment: datetime) -> datetime:
+    """Airflow hands out aware datetimes; the warehouse stores naive UTC timestamps."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _timed(stage: str, fn: Any, *args: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = fn(*args) or {}
+    result[f"{stage}_seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def ingest_landing_partition(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Copy the interval's landing partition into raw.event_lines / raw.item_lines."""
+    from interest_pipeline.ingest import ingest_interval
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    start, end = to_utc_naive(start), to_utc_naive(end)
+
+    def run() -> dict[str, Any]:
+        with open_warehouse(s.warehouse_path) as con:
+            return ingest_interval(con, s.landing_dir, start, end)
+
+    return _timed("ingest", run)
+
+
+def build_dbt_models(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Clean, deduplicate and normalise the interval with dbt; quarantine bad lines."""
+    from interest_pipeline.transform import run_dbt_build
+
+    s = settings or get_settings()
+    return _timed("dbt", run_dbt_build, s, to_utc_naive(start), to_utc_naive(end))
+
+
+def embed_new_texts(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Embed item documents and query/tag texts not yet in the cache for this model."""
+    from interest_pipeline import embeddings
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+
+    def run() -> dict[str, Any]:
+        with open_warehouse(s.warehouse_path) as con:
+            n = embeddings.embed_new_texts(
+                con,
+                model_id,
+                lambda: embeddings.load_encoder(s.model, s.embed_batch_size),
+                to_utc_naive(start),
+            )
+        return {"texts_embedded": n, "model_id": model_id}
+
+    return _timed("embed", run)
+
+
+def update_user_vectors(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Fold the interval's events into versioned user interest vectors (as_of = end)."""
+    from interest_pipeline import embeddings, user_vectors
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+
+    def run() -> dict[str, Any]:
+        with open_warehouse(s.warehouse_path) as con:
+            _warn_if_model_changed(con, model_id)
+            return user_vectors.update_user_vectors(
+                con, model_id, to_utc_naive(start), to_utc_naive(end), s.half_life_hours
+            )
+
+    return _timed("fold", run)
+
+
+def write_recommendations(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Top-N recommendations with evidence for every user with a new version."""
+    from interest_pipeline import embeddings, recommendations
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+
+    def run() -> dict[str, Any]:
+        with open_warehouse(s.warehouse_path) as con:
+            return recommendations.write_recommendations(
+                con,
+                model_id,
+                to_utc_naive(start),
+                to_utc_naive(end),
+                s.top_n,
+                s.half_life_hours,
+                s.evidence_events,
+            )
+
+    return _timed("recommend", run)
+
+
+def record_run_stats(
+    start: datetime,
+    end: datetime,
+    stage_results: list[dict[str, Any]],
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Write the interval's row of pipeline_runs (replacing any earlier row for it)."""
+    from interest_pipeline import embeddings
+    from interest_pipeline.warehouse import open_warehouse, transaction
+
+    s = settings or get_settings()
+    start, end = to_utc_naive(start), to_utc_naive(end)
+    merged: dict[str, Any] = {}
+    for result in stage_results:
+        merged.update(result or {})
+    model_id, _ = embeddings.resolve_model(s.model)
+    with open_warehouse(s.warehouse_path) as con:
+        counts = con.execute(
+            """
+            select
+                (select count(*) from raw.event_lines where interval_start = $s),
+                (select count(*) from raw.item_lines where interval_start = $s),
+                (select count(*) from stg_landing__events where interval_start = $s),
+                (select count(*) from quarantine where interval_start = $s),
+                (select count(*) from quarantine
+                    where interval_start = $s and source_kind = 'events'),
+                (select count(*) from stg_landing__items where interval_start = $s)
+            """,
+            {"s": start},
+        ).fetchone()
+        assert counts is not None
+        lines, item_lines, events_in, quarantined, events_quarantined, items_upserted = counts
+        row = {
+            "interval_start": start,
+            "interval_end": end,
+            "event_lines_landed": lines,
+            "item_lines_landed": item_lines,
+            "events_in": events_in,
+            "duplicates": lines - events_quarantined - events_in,
+            "quarantined": quarantined,
+            "items_upserted": items_upserted,
+            "texts_embedded": merged.get("texts_embedded", 0),
+            "users_updated": merged.get("users_updated", 0),
+            "recommendations_written": merged.get("recommendations_written", 0),
+            **{f"{stage}_seconds": merged.get(f"{stage}_seconds") for stage in STAGES},
+            "model_id": model_id,
+            "code_version": code_version(),
+            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with transaction(con):
+            con.execute("delete from pipeline_runs where interval_start = ?", [start])
+            con.execute(f"insert into pipeline_runs ({cols}) values ({marks})", list(row.values()))
+    log.info("run stats for [%s, %s): %s", start, end, row)
+    return {k: v for k, v in row.items() if not isinstance(v, datetime)}
+
+
+def code_version() -> str:
+    """Package version plus the git commit when the code runs from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        base = version("interest-pipeline")
+    except PackageNotFoundError:
+        base = "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return base
+    return f"{base}+{sha}" if sha else base
+
+
+def _warn_if_model_changed(con: Any, model_id: str) -> None:
+    """Vectors of different models are never mixed: a new model starts from scratch."""
+    other = con.execute(
+        "select distinct model_id from user_interest_vectors where model_id <> ?", [model_id]
+    ).fetchall()
+    if other:
+        log.warning(
+            "model changed to %s; vectors of %s are kept but not reused: user vectors are "
+            "rebuilt from the events of each interval processed from now on (backfill the "
+            "history to rebuild them fully)",
+            model_id,
+            ", ".join(r[0] for r in other),
+        )

@@ -1,0 +1,33 @@
+"""Builders for unit tests: hand-made marts and rows with the columns dbt gives them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+def add_item(con, item_id: str, title: str) -> None:
+    con.execute("insert into items values (?, ?)", [item_id, title])
+    con.execute(
+        "insert into item_documents values (?, ?, sha256(?))", [item_id, title, title]
+    )
+
+
+def add_event(
+    con,
+    event_id: str,
+    user_id: str,
+    event_type: str,
+    event_at: datetime,
+    interval_start: datetime,
+    item_id: str | None = None,
+    query_text: str | None = None,
+    weight: float = 1.0,
+) -> None:
+    con.execute(
+        "insert into user_item_interactions values (?, ?, ?, ?, ?, null, null, ?, ?, ?)",
+        [event_id, user_id, event_type, item_id, query_text, event_at, weight, interval_start],
+    )
+
+
+def table_contents(con, table: str) -> list[tuple]:
+    """Every row of a table, sorted, for before/after comparisons."""
+    return sorted(con.execute(f"select * from {table}").fetchall(), key=repr)

@@ -1,0 +1,196 @@
+"""The real DAG through Airflow over real sample logs with the real model (slow).
+
+Runs the main job (`interest-main-job`, what `make run` calls) in a subprocess so Airflow reads
+this test's AIRFLOW_HOME and warehouse, then asserts on the output tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interest_pipeline.config import DEFAULT_MODEL_ID
+from interest_pipeline.ingest import partition_dir
+from interest_pipeline.replay import DEFAULT_WINDOWS, replay
+from interest_pipeline.warehouse import connect, query_arrow, vectors_to_numpy
+
+pytestmark = pytest.mark.slow
+
+OUTPUT_TABLES = (
+    "stg_landing__events",
+    "stg_landing__items",
+    "quarantine",
+    "items",
+    "item_documents",
+    "user_item_interactions",
+    "text_embeddings",
+    "user_interest_vectors",
+    "recommendations",
+)
+
+
+def _busy_hours(scratch: Path, n: int) -> datetime:
+    """Start of the first n consecutive hours of the default retail window that all have events."""
+    start, end = DEFAULT_WINDOWS["retail"]
+    replay("retail", start, end, scratch)
+    hour = start
+    while hour + timedelta(hours=n) <= end:
+        if all(partition_dir(scratch, "events", hour + timedelta(hours=i)).is_dir() for i in range(n)):
+            return hour.replace(tzinfo=None)  # the warehouse stores naive UTC
+        hour += timedelta(hours=1)
+    raise AssertionError(f"no {n} consecutive busy hours in the default window")
+
+
+def _main_job(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "interest-main-job"), *args],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _snapshot(warehouse: Path) -> dict[str, list]:
+    con = connect(warehouse, read_only=True)
+    try:
+        return {
+            t: sorted(con.execute(f"select * from {t}").fetchall(), key=repr) for t in OUTPUT_TABLES
+        }
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    first = _busy_hours(tmp / "scratch", 3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INTEREST_"))}
+    env["INTEREST_DATA_DIR"] = str(tmp / "data")
+    hours = [first + timedelta(hours=i) for i in range(3)]
+    window = ["--start", hours[0].isoformat(), "--end", (hours[-1] + timedelta(hours=1)).isoformat()]
+    out = _main_job(env, *window)
+    return {"tmp": tmp, "env": env, "hours": hours, "window": window, "stdout": out.stdout,
+            "warehouse": tmp / "data" / "warehouse.duckdb", "landing": tmp / "data" / "landing"}
+
+
+def test_every_hour_ran_and_the_summary_is_printed(pipeline):
+    assert "[3/3]" in pipeline["stdout"]
+    assert "recommendations for" in pipeline["stdout"]
+    con = connect(pipeline["warehouse"], read_only=True)
+    runs = con.execute("select interval_start, model_id from pipeline_runs order by 1").fetchall()
+    con.close()
+    assert runs == [(h, DEFAULT_MODEL_ID) for h in pipeline["hours"]]
+
+
+def test_events_in_equal_landed_minus_duplicates_minus_quarantined(pipeline):
+    con = connect(pipeline["warehouse"], read_only=True)
+    for hour in pipeline["hours"]:
+        landed = sum(
+            sum(1 for _ in p.open()) for p in partition_dir(pipeline["landing"], "events", hour).glob("*.jsonl")
+        )
+        (events_in,) = con.execute("select count(*) from stg_landing__events where interval_start = ?", [hour]).fetchone()
+        (quarantined,) = con.execute(
+            "select count(*) from quarantine where interval_start = ? and source_kind = 'events'", [hour]
+        ).fetchone()
+        (dups,) = con.execute("select duplicates from pipeline_runs where interval_start = ?", [hour]).fetchone()
+        assert landed > 0
+        assert events_in == landed - dups - quarantined
+    con.close()
+
+
+def test_vectors_are_unit_length_with_model_id_and_only_for_active_users(pipeline):
+    con = connect(pipeline["warehouse"], read_only=True)
+    vectors = query_arrow(con, "select user_id, as_of, model_id, vector from user_interest_vectors")
+    assert vectors.num_rows > 0
+    norms = np.linalg.norm(vectors_to_numpy(vectors.column("vector")), axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
+    assert set(vectors.column("model_id").to_pylist()) == {DEFAULT_MODEL_ID}
+    assert vectors_to_numpy(vectors.column("vector")).shape[1] == 384
+    for hour in pipeline["hours"]:
+        versioned = {r[0] for r in con.execute(
+            "select user_id from user_interest_vectors where as_of = ?", [hour + timedelta(hours=1)]
+        ).fetchall()}
+        active = {r[0] for r in con.execute(
+            "select distinct user_id from user_item_interactions where interval_start = ?", [hour]
+        ).fetchall()}
+        assert versioned and versioned <= active
+    con.close()
+
+
+def test_recommendations_exclude_consumed_items_and_carry_evidence(pipeline):
+    con = connect(pipeline["warehouse"], read_only=True)
+    overlap = con.execute(
+        """
+        select count(*) from recommendations as r
+        inner join user_item_interactions as i
+            on r.user_id = i.user_id and r.item_id = i.item_id
+            and i.event_type in ('rate', 'purchase') and i.event_at < r.as_of
+        """
+    ).fetchone()[0]
+    assert overlap == 0
+    per_user = con.execute(
+        "select user_id, as_of, count(*), min(rank), max(rank) from recommendations group by 1, 2"
+    ).fetchall()
+    assert per_user and all(n == hi and lo == 1 and hi <= 20 for _, _, n, lo, hi in per_user)
+    # fewer than 20 only where the interest is mostly cancellations (few positive scores)
+    assert sum(1 for *_, n, _, _ in per_user if n == 20) / len(per_user) >= 0.5
+    assert con.execute("select min(score) from recommendations").fetchone()[0] > 0
+    evidence = [json.loads(e) for (e,) in con.execute("select evidence from recommendations").fetchall()]
+    assert sum(1 for e in evidence if e) / len(evidence) > 0.99
+    assert all(item["text"] and item["contribution"] > 0 for e in evidence for item in e)
+    con.close()
+
+
+def test_rerunning_an_hour_changes_no_output_table(pipeline):
+    before = _snapshot(pipeline["warehouse"])
+    hour = pipeline["hours"][1]
+    _main_job(pipeline["env"], "--skip-replay", "--start", hour.isoformat(),
+              "--end", (hour + timedelta(hours=1)).isoformat())
+    after = _snapshot(pipeline["warehouse"])
+    for table in OUTPUT_TABLES:
+        assert after[table] == before[table], table
+
+
+def test_malformed_lines_are_quarantined_and_the_run_succeeds(pipeline):
+    hour = pipeline["hours"][-1] + timedelta(hours=1)
+    folder = partition_dir(pipeline["landing"], "events", hour)
+    folder.mkdir(parents=True, exist_ok=True)
+    good = {"event_id": "e2e-ok-1", "event_time": f"{hour:%Y-%m-%dT%H}:05:00Z", "user_id": "ml-u1",
+            "event_type": "search", "query": "  Space Opera  "}
+    lines = [
+        json.dumps(good),
+        json.dumps(good),  # re-delivered duplicate
+        "{not json",
+        json.dumps({**good, "event_id": "e2e-bad-2", "event_type": "teleport"}),
+        json.dumps({**good, "event_id": "e2e-bad-3", "event_time": "yesterday"}),
+        json.dumps({k: v for k, v in good.items() if k != "user_id"} | {"event_id": "e2e-bad-4"}),
+        json.dumps({**good, "event_id": "e2e-bad-5", "event_type": "purchase"}),
+    ]
+    (folder / "part-99999.jsonl").write_text("\n".join(lines) + "\n")
+    out = _main_job(pipeline["env"], "--skip-replay", "--start", hour.isoformat(),
+                    "--end", (hour + timedelta(hours=1)).isoformat())
+    assert "[1/1]" in out.stdout
+    con = connect(pipeline["warehouse"], read_only=True)
+    reasons = sorted(r[0] for r in con.execute(
+        "select reason from quarantine where interval_start = ? and source_file like '%part-99999%'", [hour]
+    ).fetchall())
+    assert reasons == sorted([
+        "not valid JSON", "unknown event_type: teleport", "unparsable event_time",
+        "missing required field: user_id", "item event without item_id",
+    ])
+    raw = con.execute("select raw_line from quarantine where reason = 'not valid JSON' and interval_start = ?", [hour]).fetchone()
+    assert raw == ("{not json",)
+    staged = con.execute(
+        "select event_id, query_text from stg_landing__events where source_file like '%part-99999%'"
+    ).fetchall()
+    assert staged == [("e2e-ok-1", "space opera")]
+    run = con.execute("select duplicates, quarantined from pipeline_runs where interval_start = ?", [hour]).fetchone()
+    assert run[0] >= 1 and run[1] >= 5
+    con.close()
