@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean airflow-start airflow-stop airflow-status
 
 # torch first: the pinned CPU wheel; any other torch spec pulls a multi-GB CUDA build.
 $(STAMP): requirements.txt pyproject.toml
@@ -24,6 +24,16 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Local Airflow for real: scheduler, dag-processor, api-server (UI on :8080), triggerer.
+airflow-start: install
+	$(BIN)/interest-airflow start
+
+airflow-stop:
+	$(BIN)/interest-airflow stop
+
+airflow-status:
+	$(BIN)/interest-airflow status
 
 clean:
 	rm -rf .local

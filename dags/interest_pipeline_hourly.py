@@ -14,10 +14,15 @@ Every hour, for the data interval `[H, H+1h)` (UTC):
    writes a version `as_of = data_interval_end` for each user whose vector changed.
 5. **write_recommendations** writes the top-N items per changed user with score and evidence.
 6. **record_run_stats** writes the interval's row of `pipeline_runs`.
+7. **publish_snapshot** copies the warehouse to `<warehouse>.snapshot`, which the `interest`
+   CLI reads while a later run holds the (single-writer) DuckDB file.
 
 Every task replaces exactly its interval's rows, so reruns and backfills are idempotent. Runs
-go strictly in interval order (`max_active_runs=1`, `depends_on_past`) because each version of
-a user's vector builds on the previous one. Logic lives in the `interest_pipeline` package.
+go one at a time in interval order (`max_active_runs=1`; backfills run oldest first) because
+each version of a user's vector builds on the previous one. When an earlier interval is
+(re)processed after later ones, `update_user_vectors` recomputes the later versions and their
+recommendations, so the tables converge to what in-order processing gives. Logic lives in the
+`interest_pipeline` package.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ START_DATE = datetime(1995, 1, 1, tzinfo=UTC)
     default_args={
         "retries": 1,
         "retry_delay": timedelta(seconds=30),
-        "depends_on_past": True,
+        # One slot: DuckDB allows a single writing process per file (created by
+        # `interest-airflow start` / the main job).
+        "pool": "duckdb_writer",
     },
     tags=["interest-pipeline", "hourly"],
     doc_md=__doc__,
@@ -85,8 +92,13 @@ def interest_pipeline_hourly() -> None:
     embedded = embed_new_texts()
     folded = update_user_vectors()
     recommended = write_recommendations()
+    @task
+    def publish_snapshot(data_interval_start=None, data_interval_end=None) -> dict:
+        """Publish a read-only copy of the warehouse for the CLI while later runs write."""
+        return stages.publish_snapshot(data_interval_start, data_interval_end)
+
     ingested >> built >> embedded >> folded >> recommended
-    record_run_stats([ingested, built, embedded, folded, recommended])
+    record_run_stats([ingested, built, embedded, folded, recommended]) >> publish_snapshot()
 
 
 interest_pipeline_hourly()

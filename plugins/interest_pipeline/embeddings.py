@@ -143,7 +143,6 @@ def embed_new_texts(
                 "text_hash": pa.array([h for h, _ in chunk], pa.string()),
                 "text": pa.array([t for _, t in chunk], pa.string()),
                 "embedding": numpy_to_vectors(vectors),
-                "first_interval_start": pa.array([interval_start] * len(chunk), pa.timestamp("us")),
             }
         )
         with transaction(con):

@@ -1,4 +1,8 @@
-"""The main job (``make run``): replay sample logs, run the hourly DAG for each hour, summarise.
+"""The main job (``make run``): replay sample logs, backfill them through Airflow, summarise.
+
+It starts the local Airflow (unless it is already running), creates an Airflow backfill of the
+window, which the real scheduler runs in interval order, shows progress, and stops what it
+started.
 
 Usage: ``interest-main-job [--dataset movielens|retail] [--start ISO --end ISO]``.
 """
@@ -12,11 +16,13 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from interest_pipeline.config import DAG_ID, airflow_env, get_settings
+from interest_pipeline import airflow_local
+from interest_pipeline.airflow_local import airflow_bin
+from interest_pipeline.config import DAG_ID, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -27,57 +33,110 @@ def hours_in(start: datetime, end: datetime) -> list[datetime]:
     return [first + timedelta(hours=i) for i in range(int((end - first) / timedelta(hours=1)))]
 
 
-def migrate_airflow_db(env: dict[str, str]) -> None:
-    """Create or upgrade Airflow's metadata DB (SQLite under AIRFLOW_HOME by default)."""
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-
-
-def run_hours(hours: list[datetime]) -> list[tuple[datetime, str]]:
-    """Run the DAG through Airflow (``dag.test``) for each interval starting at ``hours``.
-
-    Returns (interval start, run state) per hour; stops at the first failed run, since later
-    intervals build on it.
-    """
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    if bag.import_errors:
-        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.dags[DAG_ID]
-    results = []
-    started = time.monotonic()
-    for i, hour in enumerate(hours, start=1):
-        # A manual run of an interval timetable covers the interval that ends at its logical
-        # date, so the run for [H, H+1h) is requested at H+1h.
-        run = dag.test(logical_date=_aware(hour + timedelta(hours=1)))
-        state = str(getattr(run.state, "value", run.state))
-        results.append((hour, state))
-        print(
-            f"[{i}/{len(hours)}] {hour:%Y-%m-%d %H:00} {state} "
-            f"({time.monotonic() - started:.0f}s elapsed)",
-            flush=True,
-        )
-        if state != "success":
-            failed = [ti.task_id for ti in run.get_task_instances() if ti.state == "failed"]
-            print(f"run for {hour} failed in task(s): {', '.join(failed) or '?'}", file=sys.stderr)
-            break
-    return results
-
-
 def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+class BackfillFailed(RuntimeError):
+    """A run of the backfill failed; the message names the task and its log."""
+
+
+def run_backfill(
+    hours: list[datetime], env: dict[str, str], reprocess: bool = False, poll_seconds: float = 3.0
+) -> int:
+    """Backfill the intervals starting at ``hours`` through the running scheduler and wait.
+
+    Prints progress (runs done / total). Returns the number of runs; raises BackfillFailed
+    with the failing task and its log path if a run fails.
+    """
+    from airflow.models import DagRun
+    from airflow.models.backfill import Backfill
+    from airflow.utils.session import create_session
+
+    _wait_for_dag(env)
+    cmd = [
+        airflow_bin(), "backfill", "create", "--dag-id", DAG_ID,
+        "--from-date", _aware(hours[0]).isoformat(),
+        "--to-date", _aware(hours[-1]).isoformat(),
+        "--max-active-runs", "1",
+        # By default hours that already succeeded are not redone (each hour is idempotent, so
+        # redoing them would change nothing); --reprocess redoes them anyway.
+        "--reprocess-behavior", "completed" if reprocess else "failed",
+    ]
+    for _ in range(3):  # SQLite may still be busy with the scheduler's first loops
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode == 0 or "database is locked" not in proc.stderr:
+            break
+        time.sleep(5)
+    if proc.returncode != 0:
+        raise BackfillFailed(f"airflow backfill create failed:\n{proc.stderr[-2000:]}")
+    with create_session() as session:
+        backfill = (
+            session.query(Backfill).filter(Backfill.dag_id == DAG_ID)
+            .order_by(Backfill.id.desc()).first()
+        )
+        backfill_id = backfill.id if backfill else None
+    total = len(hours)
+    started = time.monotonic()
+    last_done = -1
+    while True:
+        with create_session() as session:
+            runs = session.query(DagRun).filter(
+                DagRun.dag_id == DAG_ID,
+                DagRun.logical_date >= _aware(hours[0]),
+                DagRun.logical_date <= _aware(hours[-1]),
+            ).all()
+            states = {r.run_id: str(getattr(r.state, "value", r.state)) for r in runs}
+            failed = [r for r in runs if states[r.run_id] == "failed"]
+            if failed:
+                raise BackfillFailed(_describe_failure(failed[0], env))
+            done = sum(1 for st in states.values() if st == "success")
+            complete = backfill_id is None or session.get(Backfill, backfill_id).completed_at
+        if done != last_done:
+            print(
+                f"backfill: {done}/{total} runs done ({time.monotonic() - started:.0f}s)",
+                flush=True,
+            )
+            last_done = done
+        if done >= total and complete:
+            return total
+        time.sleep(poll_seconds)
+
+
+def _describe_failure(run: Any, env: dict[str, str]) -> str:
+    failed = [ti for ti in run.get_task_instances() if ti.state == "failed"]
+    lines = [f"run {run.run_id} failed"]
+    logs = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / f"dag_id={DAG_ID}" / f"run_id={run.run_id}"
+    for ti in failed:
+        paths = sorted(logs.glob(f"task_id={ti.task_id}/attempt=*.log"))
+        where = paths[-1] if paths else logs / f"task_id={ti.task_id}"
+        lines.append(f"  failing task: {ti.task_id}; log: {where}")
+    return "\n".join(lines)
+
+
+def _wait_for_dag(env: dict[str, str], timeout: float = 180.0) -> None:
+    """Wait until the dag-processor has parsed the DAG into the metadata DB."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            model = session.get(DagModel, DAG_ID)
+            if model is not None and not model.is_stale:
+                return
+        time.sleep(2)
+    raise BackfillFailed(f"DAG {DAG_ID} was not parsed within {timeout:.0f}s: see the dag-processor log")
 
 
 def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) -> dict[str, Any]:
     """Counts over the window plus one user's recommendations, read from the warehouse."""
-    from interest_pipeline.warehouse import open_warehouse
+    from interest_pipeline.warehouse import fetch_one, open_warehouse
 
     settings = get_settings()
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
-        totals = con.execute(
+        totals = fetch_one(
+            con,
             """
             select count(*), coalesce(sum(event_lines_landed), 0), coalesce(sum(events_in), 0),
                 coalesce(sum(duplicates), 0), coalesce(sum(quarantined), 0),
@@ -86,20 +145,22 @@ def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) ->
             from pipeline_runs where interval_start >= ? and interval_start < ?
             """,
             [start, end],
-        ).fetchone()
+        )
         assert totals is not None
-        distinct_users = con.execute(
+        distinct_users = fetch_one(
+            con,
             "select count(distinct user_id) from user_interest_vectors where as_of > ? and as_of <= ?",
             [start, end],
-        ).fetchone()
+        )
         if user is None:
-            row = con.execute(
+            row = fetch_one(
+                con,
                 """
                 select user_id from recommendations where as_of > ? and as_of <= ?
                 group by user_id order by count(distinct as_of) desc, user_id limit 1
                 """,
                 [start, end],
-            ).fetchone()
+            )
             user = row[0] if row else None
         recs: list[tuple] = []
         if user is not None:
@@ -115,7 +176,7 @@ def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) ->
                 [user, user, end],
             ).fetchall()
         tables = {
-            name: con.execute(f"select count(*) from {name}").fetchone()[0]  # type: ignore[index]
+            name: con.execute(f"select count(*) from {name}").fetchall()[0][0]
             for name in (
                 "raw.event_lines",
                 "raw.item_lines",
@@ -184,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", type=datetime.fromisoformat, help="window end (UTC)")
     parser.add_argument("--user", help="user whose recommendations the summary shows")
     parser.add_argument(
+        "--reprocess",
+        action="store_true",
+        help="also rerun hours that already succeeded (backfill --reprocess-behavior completed)",
+    )
+    parser.add_argument(
         "--skip-replay",
         action="store_true",
         help="run over the landing zone as it is (any logs in the contract's format)",
@@ -192,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     settings = get_settings()
-    env = airflow_env(settings)
-    os.environ.update(env)
+    env = airflow_local.local_env()
+    os.environ.update(env)  # before airflow is imported: its config is read at import
     start, end = DEFAULT_WINDOWS[args.dataset]
     start, end = args.start or start, args.end or end
 
@@ -207,14 +273,23 @@ def main(argv: list[str] | None = None) -> int:
             f"written, {replayed.event_partitions_unchanged} unchanged)",
             flush=True,
         )
-    migrate_airflow_db(env)
     hours = hours_in(start, end)
-    results = run_hours(hours)
-    failed = [h for h, state in results if state != "success"]
-    summary = summarise(start, end, len(results), args.user)
+    already_running = all(airflow_local.status(env).values())
+    if not already_running:
+        print("starting airflow (scheduler, dag-processor, api-server, triggerer) ...", flush=True)
+        airflow_local.start(env)
+    try:
+        n_runs = run_backfill(hours, env, reprocess=args.reprocess)
+    except BackfillFailed as exc:
+        print(f"interest-main-job: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not already_running:
+            airflow_local.stop(env)
+    summary = summarise(start, end, n_runs, args.user)
     print_summary(summary)
     print(f"\nwall time: {time.monotonic() - began:.0f}s; warehouse: {settings.warehouse_path}")
-    return 1 if failed else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,14 +1,40 @@
 """Top-N recommendations per changed user, with the evidence behind each item.
 
-Score = cosine(user interest vector, item document embedding); only positive scores qualify.
-Items the user already bought or rated are excluded. Evidence for an item = the user's past contributions (item documents or
-query/tag texts, decayed and weighted as in the fold) that point most towards it.
+Score of item j for user u (weights and knobs are configuration, see :class:`ScoringConfig`)::
+
+    score(u, j) = content_weight   * cos(v_u, e_j)
+                + interests_weight * M_p(u, j)
+                + popularity_weight * prior(j)
+                + cooccurrence_weight * B(u, j)
+
+- ``cos(v_u, e_j)``: the user's interest vector (one decayed average of everything) against the
+  item's document embedding.
+- ``M_p(u, j)``: several interests instead of one average. Every recent contribution c of the
+  user (an engaged item's document or a query/tag text, the latest ``evidence_events``) is an
+  interest with importance ``a_c = weight * decay`` (as in the fold); ``M_p`` is the power mean
+  ``(sum_c a_c * max(0, cos(t_c, e_j)) ** p / sum_c a_c) ** (1 / p)`` over the positive
+  contributions. ``p = 1`` is an average; a large ``p`` scores an item by the interest it is
+  closest to, so a user who buys candles and garden tools is not recommended the midpoint.
+- ``B(u, j)``: behaviour, item-to-item co-occurrence: ``sum_i C(i, j)`` over the items i the
+  user engaged with positively, ``C(i, j)`` = users who engaged with both, scaled to [0, 1] by
+  the user's best item.
+- ``prior(j)``: a recency-popularity prior, ``log1p(P_j) / log1p(max P)`` with
+  ``P_j = sum of positive weight * 2 ** (-age / popularity_half_life)`` over everyone's events
+  known at the interval end.
+
+Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
+only from cancellations gets no list rather than the items least like what they returned (or
+the merely popular ones). Items the user already bought or rated are excluded. Evidence for an
+item = the user's past contributions (item documents or query/tag texts, decayed and weighted
+as in the fold) that point most towards it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -31,6 +57,50 @@ CONSUMED_EVENT_TYPES = ("purchase", "rate")
 EVIDENCE_PER_ITEM = 3
 # Users scored per matrix multiply: bounds memory at block x items floats.
 _USER_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Weights of the score's parts (env var, default).
+
+    Attributes:
+        content_weight: INTEREST_SCORE_CONTENT_WEIGHT, weight of cos(interest vector, item).
+        interests_weight: INTEREST_SCORE_INTERESTS_WEIGHT, weight of the several-interests
+            term M_p.
+        interests_power: INTEREST_SCORE_INTERESTS_POWER, p of the power mean M_p.
+        popularity_weight: INTEREST_SCORE_POPULARITY_WEIGHT, weight of the popularity prior.
+        popularity_half_life_hours: INTEREST_SCORE_POPULARITY_HALF_LIFE_HOURS, half-life of
+            the events counted by the prior.
+        cooccurrence_weight: INTEREST_SCORE_COOCCURRENCE_WEIGHT, weight of the behaviour term.
+    """
+
+    content_weight: float = 1.0
+    interests_weight: float = 0.0
+    interests_power: float = 1.0
+    popularity_weight: float = 0.0
+    popularity_half_life_hours: float = 168.0
+    cooccurrence_weight: float = 0.0
+
+
+_ENV = {
+    "content_weight": "INTEREST_SCORE_CONTENT_WEIGHT",
+    "interests_weight": "INTEREST_SCORE_INTERESTS_WEIGHT",
+    "interests_power": "INTEREST_SCORE_INTERESTS_POWER",
+    "popularity_weight": "INTEREST_SCORE_POPULARITY_WEIGHT",
+    "popularity_half_life_hours": "INTEREST_SCORE_POPULARITY_HALF_LIFE_HOURS",
+    "cooccurrence_weight": "INTEREST_SCORE_COOCCURRENCE_WEIGHT",
+}
+
+
+def scoring_config() -> ScoringConfig:
+    """The scoring configuration from the environment (defaults: :class:`ScoringConfig`)."""
+    default = ScoringConfig()
+    return ScoringConfig(
+        **{
+            field: float(os.environ.get(env, getattr(default, field)))
+            for field, env in _ENV.items()
+        }
+    )
 
 
 def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +197,9 @@ def write_recommendations(
     top_n: int,
     half_life_hours: float,
     evidence_events: int,
+    config: ScoringConfig | None = None,
 ) -> dict[str, int]:
     """Replace the recommendations ``as_of = interval_end`` for users with a new version."""
-    import numpy as np
-    import pyarrow as pa
-
     users_table = query_arrow(
         con,
         """
@@ -146,12 +214,45 @@ def write_recommendations(
             "delete from recommendations where as_of = ? and model_id = ?",
             [interval_end, model_id],
         )
-        if users_table.num_rows == 0:
-            return {"recommendations_written": 0, "users_recommended": 0}
-        item_ids, item_vecs = _load_items(con, model_id)
-        if len(item_ids) == 0:
-            return {"recommendations_written": 0, "users_recommended": 0}
+        rows = recommend(
+            con,
+            model_id,
+            users_table,
+            interval_start,
+            interval_end,
+            top_n,
+            half_life_hours,
+            evidence_events,
+            config or scoring_config(),
+        )
+        insert_arrow(con, "recommendations", rows)
+    users = len(set(rows.column("user_id").to_pylist())) if rows.num_rows else 0
+    return {
+        "recommendations_written": rows.num_rows,
+        "users_recommended": users_table.num_rows if rows.num_rows else users,
+    }
 
+
+def recommend(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    users_table: pa.Table,
+    interval_start: datetime,
+    interval_end: datetime,
+    top_n: int,
+    half_life_hours: float,
+    evidence_events: int,
+    config: ScoringConfig,
+) -> pa.Table:
+    """Top-N rows (user_id, as_of, rank, item_id, score, model_id, evidence) for the users of
+    ``users_table`` (user_id, unit interest vector), from what is known at ``interval_end``
+    (events of intervals up to the one starting at ``interval_start``)."""
+    import numpy as np
+    import pyarrow as pa
+
+    out: dict[str, list] = {k: [] for k in ("user_id", "rank", "item_id", "score", "evidence")}
+    item_ids, item_vecs = _load_items(con, model_id)
+    if users_table.num_rows and len(item_ids):
         users = users_table.column("user_id").to_numpy(zero_copy_only=False)
         user_vecs = vectors_to_numpy(users_table.column("vector"))
         con.register("_rec_users", pa.table({"user_id": pa.array(users.tolist(), pa.string())}))
@@ -161,6 +262,18 @@ def write_recommendations(
         finally:
             con.unregister("_rec_users")
         item_index = {item: j for j, item in enumerate(item_ids)}
+        prior = (
+            _popularity_prior(
+                con, item_index, interval_start, interval_end, config.popularity_half_life_hours
+            )
+            if config.popularity_weight
+            else None
+        )
+        behaviour = (
+            _cooccurrence(con, users.tolist(), item_index, interval_start)
+            if config.cooccurrence_weight
+            else {}
+        )
 
         ev_users = evidence_rows.column("user_id").to_numpy(zero_copy_only=False)
         ev_vecs = vectors_to_numpy(evidence_rows.column("embedding"))
@@ -182,23 +295,27 @@ def write_recommendations(
         ]
         ev_bounds = _group_bounds(ev_users, users)
 
-        out: dict[str, list] = {k: [] for k in ("user_id", "rank", "item_id", "score", "evidence")}
         n = min(top_n, len(item_ids))
         for block in range(0, len(users), _USER_BLOCK):
-            scores = user_vecs[block : block + _USER_BLOCK] @ item_vecs.T
-            for i in range(scores.shape[0]):
+            cosines = user_vecs[block : block + _USER_BLOCK] @ item_vecs.T
+            for i in range(cosines.shape[0]):
                 user = users[block + i]
-                row = scores[i]
+                lo, hi = ev_bounds.get(user, (0, 0))
+                row = _blend(
+                    cosines[i], item_vecs, ev_vecs[lo:hi], ev_coef[lo:hi], prior, config
+                )
+                if user in behaviour:
+                    row += config.cooccurrence_weight * behaviour[user]
+                # Only items the interest points towards: a user known only from cancellations
+                # has a vector pointing away from what they returned, not a taste to match.
+                row[cosines[i] <= 0] = -np.inf
                 for item in consumed.get(user, ()):
                     j = item_index.get(item)
                     if j is not None:
                         row[j] = -np.inf
                 # Stable sort on (-score, item order) keeps ties deterministic across reruns.
                 top = np.argsort(-row, kind="stable")[:n]
-                # Only items the interest points towards: a user known only from cancellations
-                # has a vector pointing away from what they returned, not a taste to match.
-                top = top[row[top] > 0]
-                lo, hi = ev_bounds.get(user, (0, 0))
+                top = top[np.isfinite(row[top])]
                 evidence = _evidence_for(
                     item_vecs[top], ev_vecs[lo:hi], ev_coef[lo:hi], ev_meta[lo:hi]
                 )
@@ -208,20 +325,114 @@ def write_recommendations(
                     out["item_id"].append(item_ids[j])
                     out["score"].append(float(row[j]))
                     out["evidence"].append(json.dumps(ev, ensure_ascii=False))
-        count = len(out["user_id"])
-        rows = pa.table(
-            {
-                "user_id": pa.array(out["user_id"], pa.string()),
-                "as_of": pa.array([interval_end] * count, pa.timestamp("us")),
-                "rank": pa.array(out["rank"], pa.int32()),
-                "item_id": pa.array(out["item_id"], pa.string()),
-                "score": pa.array(out["score"], pa.float64()),
-                "model_id": pa.array([model_id] * count, pa.string()),
-                "evidence": pa.array(out["evidence"], pa.string()),
-            }
-        )
-        insert_arrow(con, "recommendations", rows)
-    return {"recommendations_written": count, "users_recommended": len(users)}
+    count = len(out["user_id"])
+    return pa.table(
+        {
+            "user_id": pa.array(out["user_id"], pa.string()),
+            "as_of": pa.array([interval_end] * count, pa.timestamp("us")),
+            "rank": pa.array(out["rank"], pa.int32()),
+            "item_id": pa.array(out["item_id"], pa.string()),
+            "score": pa.array(out["score"], pa.float64()),
+            "model_id": pa.array([model_id] * count, pa.string()),
+            "evidence": pa.array(out["evidence"], pa.string()),
+        }
+    )
+
+
+def _blend(
+    cosines: np.ndarray,
+    item_vecs: np.ndarray,
+    contrib_vecs: np.ndarray,
+    contrib_coef: np.ndarray,
+    prior: np.ndarray | None,
+    config: ScoringConfig,
+) -> np.ndarray:
+    """One user's score over the catalogue (see the module docstring)."""
+    import numpy as np
+
+    score = config.content_weight * cosines.astype(np.float64)
+    positive = contrib_coef > 0
+    if config.interests_weight and positive.any():
+        coef = contrib_coef[positive]
+        sims = np.maximum(contrib_vecs[positive] @ item_vecs.T, 0.0).astype(np.float64)
+        p = config.interests_power
+        mean = (coef @ sims**p) / coef.sum()
+        score += config.interests_weight * mean ** (1.0 / p)
+    if prior is not None:
+        score += config.popularity_weight * prior
+    return score
+
+
+def _cooccurrence(
+    con: duckdb.DuckDBPyConnection,
+    users: list[str],
+    item_index: dict[str, int],
+    interval_start: datetime,
+) -> dict[str, np.ndarray]:
+    """B(u, .) for the users being scored (see the module docstring), from everyone's events."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rows = con.execute(
+        """
+        select distinct user_id, item_id
+        from user_item_interactions
+        where interval_start <= ? and item_id is not null and weight > 0
+        """,
+        [interval_start],
+    ).fetchall()
+    pairs = [(u, item_index[i]) for u, i in rows if i in item_index]
+    if not pairs:
+        return {}
+    user_ids = sorted({u for u, _ in pairs})
+    u_index = {u: n for n, u in enumerate(user_ids)}
+    x = sp.csr_matrix(
+        (np.ones(len(pairs)), ([u_index[u] for u, _ in pairs], [j for _, j in pairs])),
+        shape=(len(user_ids), len(item_index)),
+    )
+    co = (x.T @ x).tocsr()
+    co.setdiag(0)
+    scored = [u for u in users if u in u_index]
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, len(scored), _USER_BLOCK):
+        block = scored[start : start + _USER_BLOCK]
+        values = np.asarray((x[[u_index[u] for u in block]] @ co).todense(), dtype=np.float64)
+        for user, row in zip(block, values, strict=True):
+            top = row.max()
+            if top > 0:
+                out[user] = row / top
+    return out
+
+
+def _popularity_prior(
+    con: duckdb.DuckDBPyConnection,
+    item_index: dict[str, int],
+    interval_start: datetime,
+    interval_end: datetime,
+    half_life_hours: float,
+) -> np.ndarray:
+    """log1p(decayed positive weight per item) / its maximum, over everyone's known events."""
+    import numpy as np
+
+    rows = con.execute(
+        """
+        select
+            item_id,
+            sum(weight * pow(2.0, -greatest(date_diff('second', event_at, $end), 0)
+                / 3600.0 / $half_life)) as popularity
+        from user_item_interactions
+        where interval_start <= $start and item_id is not null and weight > 0
+        group by item_id
+        """,
+        {"start": interval_start, "end": interval_end, "half_life": half_life_hours},
+    ).fetchall()
+    prior = np.zeros(len(item_index), dtype=np.float64)
+    for item, popularity in rows:
+        j = item_index.get(item)
+        if j is not None:
+            prior[j] = np.log1p(popularity)
+    top = prior.max() if len(prior) else 0.0
+    return prior / top if top > 0 else prior
 
 
 def _group_bounds(sorted_keys: np.ndarray, keys: np.ndarray) -> dict[str, tuple[int, int]]:

@@ -54,11 +54,46 @@ def ingest_landing_partition(
 def build_dbt_models(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Clean, deduplicate and normalise the interval with dbt; quarantine bad lines."""
+    """Clean, deduplicate and normalise the interval with dbt; quarantine bad lines.
+
+    An hour with no landed lines and no rows from an earlier build skips dbt: the build would
+    change nothing, and it is the most expensive step of an empty hour.
+    """
     from interest_pipeline.transform import run_dbt_build
+    from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    return _timed("dbt", run_dbt_build, s, to_utc_naive(start), to_utc_naive(end))
+    start, end = to_utc_naive(start), to_utc_naive(end)
+    with open_warehouse(s.warehouse_path) as con:
+        empty = _interval_is_empty(con, start)
+    if empty:
+        log.info("no lines landed for [%s, %s) and nothing built before: dbt skipped", start, end)
+        return {"dbt_seconds": 0.0, "dbt_skipped": True}
+    return _timed("dbt", run_dbt_build, s, start, end)
+
+
+_INTERVAL_TABLES = (
+    "raw.event_lines",
+    "raw.item_lines",
+    "main.stg_landing__events",
+    "main.stg_landing__items",
+    "main.quarantine",
+    "main.user_item_interactions",
+)
+
+
+def _interval_is_empty(con: Any, start: datetime) -> bool:
+    """True when no per-interval table has rows for ``start`` (and the marts exist)."""
+    from interest_pipeline.warehouse import fetch_one, table_exists
+
+    for qualified in _INTERVAL_TABLES:
+        schema, name = qualified.split(".")
+        if not table_exists(con, name, schema):
+            return False  # first build: dbt must create the tables
+        (n,) = fetch_one(con, f"select count(*) from {qualified} where interval_start = ?", [start])
+        if n:
+            return False
+    return True
 
 
 def embed_new_texts(
@@ -87,21 +122,72 @@ def embed_new_texts(
 def update_user_vectors(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Fold the interval's events into versioned user interest vectors (as_of = end)."""
-    from interest_pipeline import embeddings, user_vectors
+    """Fold the interval's events into versioned user interest vectors (as_of = end).
+
+    Out-of-order history: if this interval's versions changed and later intervals were already
+    processed, their versions were built on a stale state, so they and their recommendations
+    are recomputed here, oldest first. The tables then equal what in-order processing gives.
+    """
+    from interest_pipeline import embeddings, recommendations, user_vectors
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
     model_id, _ = embeddings.resolve_model(s.model)
+    start, end = to_utc_naive(start), to_utc_naive(end)
 
     def run() -> dict[str, Any]:
         with open_warehouse(s.warehouse_path) as con:
             _warn_if_model_changed(con, model_id)
-            return user_vectors.update_user_vectors(
-                con, model_id, to_utc_naive(start), to_utc_naive(end), s.half_life_hours
-            )
+            before = _versions_checksum(con, model_id, end)
+            result = user_vectors.update_user_vectors(con, model_id, start, end, s.half_life_hours)
+            changed = _versions_checksum(con, model_id, end) != before
+            later = _later_intervals(con, end) if changed else []
+            if later:
+                log.warning(
+                    "interval [%s, %s) changed after %d later interval(s) were processed; "
+                    "recomputing their vectors and recommendations (%s .. %s)",
+                    start, end, len(later), later[0][0], later[-1][1],
+                )
+                for i, (later_start, later_end) in enumerate(later, start=1):
+                    user_vectors.update_user_vectors(
+                        con, model_id, later_start, later_end, s.half_life_hours
+                    )
+                    recommendations.write_recommendations(
+                        con, model_id, later_start, later_end, s.top_n,
+                        s.half_life_hours, s.evidence_events,
+                    )
+                    if i % 24 == 0 or i == len(later):
+                        log.info("recomputed %d/%d later intervals", i, len(later))
+            result["later_intervals_recomputed"] = len(later)
+            return result
 
     return _timed("fold", run)
+
+
+def _versions_checksum(con: Any, model_id: str, as_of: datetime) -> tuple | None:
+    """A cheap fingerprint of the versions written for one as_of."""
+    from interest_pipeline.warehouse import fetch_one
+
+    return fetch_one(
+        con,
+        """
+        select count(*), sum(hash(user_id, state, event_count, last_event_at)::hugeint)
+        from user_interest_vectors where model_id = ? and as_of = ?
+        """,
+        [model_id, as_of],
+    )
+
+
+def _later_intervals(con: Any, end: datetime) -> list[tuple[datetime, datetime]]:
+    """Intervals after ``end`` that were already processed (they have a run-stats row)."""
+    return [
+        (row[0], row[1])
+        for row in con.execute(
+            "select interval_start, interval_end from pipeline_runs "
+            "where interval_start >= ? order by interval_start",
+            [end],
+        ).fetchall()
+    ]
 
 
 def write_recommendations(
@@ -137,7 +223,7 @@ def record_run_stats(
 ) -> dict[str, Any]:
     """Write the interval's row of pipeline_runs (replacing any earlier row for it)."""
     from interest_pipeline import embeddings
-    from interest_pipeline.warehouse import open_warehouse, transaction
+    from interest_pipeline.warehouse import fetch_one, open_warehouse, transaction
 
     s = settings or get_settings()
     start, end = to_utc_naive(start), to_utc_naive(end)
@@ -146,7 +232,8 @@ def record_run_stats(
         merged.update(result or {})
     model_id, _ = embeddings.resolve_model(s.model)
     with open_warehouse(s.warehouse_path) as con:
-        counts = con.execute(
+        counts = fetch_one(
+            con,
             """
             select
                 (select count(*) from raw.event_lines where interval_start = $s),
@@ -158,7 +245,7 @@ def record_run_stats(
                 (select count(*) from stg_landing__items where interval_start = $s)
             """,
             {"s": start},
-        ).fetchone()
+        )
         assert counts is not None
         lines, item_lines, events_in, quarantined, events_quarantined, items_upserted = counts
         row = {
@@ -185,6 +272,20 @@ def record_run_stats(
             con.execute(f"insert into pipeline_runs ({cols}) values ({marks})", list(row.values()))
     log.info("run stats for [%s, %s): %s", start, end, row)
     return {k: v for k, v in row.items() if not isinstance(v, datetime)}
+
+
+def publish_snapshot(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Publish a read-only copy of the warehouse for readers while later runs write.
+
+    Runs last, in the writer pool, with no connection open, so the copy is consistent.
+    """
+    from interest_pipeline import snapshot
+
+    s = settings or get_settings()
+    path = snapshot.publish_snapshot(s.warehouse_path, to_utc_naive(start), to_utc_naive(end))
+    return {"snapshot": str(path)}
 
 
 def code_version() -> str:

@@ -40,8 +40,7 @@ create table if not exists text_embeddings (
     model_id varchar not null,
     text_hash varchar not null,
     text varchar not null,
-    embedding float[] not null,
-    first_interval_start timestamp
+    embedding float[] not null
 );
 
 create table if not exists user_interest_vectors (
@@ -152,12 +151,25 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("commit")
 
 
+def fetch_one(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any] | None = None
+) -> tuple | None:
+    """First row of a query, fully fetched.
+
+    DuckDB 2.0 keeps a partly fetched ``execute()`` result open and refuses other work on the
+    connection until it is exhausted, so ``fetchone()`` followed by another statement fails.
+    """
+    rows = con.execute(sql, params if params is not None else []).fetchall()
+    return rows[0] if rows else None
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str = "main") -> bool:
     """True if a table or view exists (dbt marts do not before the first dbt build)."""
-    row = con.execute(
+    row = fetch_one(
+        con,
         "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
         [schema, name],
-    ).fetchone()
+    )
     return bool(row and row[0])
 
 

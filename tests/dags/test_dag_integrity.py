@@ -26,7 +26,7 @@ print(json.dumps({
     "tags": sorted(dag.tags),
     "tasks": [t.task_id for t in dag.topological_sort()] if hasattr(dag, "topological_sort") else sorted(dag.task_ids),
     "retries": {t.task_id: t.retries for t in dag.tasks},
-    "depends_on_past": {t.task_id: t.depends_on_past for t in dag.tasks},
+    "pools": {t.task_id: t.pool for t in dag.tasks},
     "max_active_runs": dag.max_active_runs,
     "catchup": dag.catchup,
     "timetable": type(dag.timetable).__name__,
@@ -70,10 +70,10 @@ def test_dag_is_hourly_in_order_with_retries_and_tags(parsed):
     assert parsed["tags"]
     assert parsed["doc_md"]
     assert all(r >= 1 for r in parsed["retries"].values())
-    assert all(parsed["depends_on_past"].values())
+    assert set(parsed["pools"].values()) == {"duckdb_writer"}
     assert set(parsed["retries"]) == {
         "ingest_landing_partition", "build_dbt_models", "embed_new_texts",
-        "update_user_vectors", "write_recommendations", "record_run_stats",
+        "update_user_vectors", "write_recommendations", "record_run_stats", "publish_snapshot",
     }
 
 

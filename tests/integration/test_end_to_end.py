@@ -1,13 +1,16 @@
-"""The real DAG through Airflow over real sample logs with the real model (slow).
+"""The real DAG through the real Airflow scheduler over real sample logs with the real model (slow).
 
-Runs the main job (`interest-main-job`, what `make run` calls) in a subprocess so Airflow reads
-this test's AIRFLOW_HOME and warehouse, then asserts on the output tables.
+A module fixture starts the local Airflow (scheduler, dag-processor, api-server, triggerer) on
+a free port with its own AIRFLOW_HOME and warehouse, runs the main job (`interest-main-job`,
+what `make run` calls: a backfill through the scheduler), and stops Airflow at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -16,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interest_pipeline.config import DEFAULT_MODEL_ID
+from interest_pipeline import stages
+from interest_pipeline.config import DEFAULT_MODEL_ID, get_settings
 from interest_pipeline.ingest import partition_dir
 from interest_pipeline.replay import DEFAULT_WINDOWS, replay
 from interest_pipeline.warehouse import connect, query_arrow, vectors_to_numpy
 
 pytestmark = pytest.mark.slow
 
+N_HOURS = 6
 OUTPUT_TABLES = (
     "stg_landing__events",
     "stg_landing__items",
@@ -48,21 +53,29 @@ def _busy_hours(scratch: Path, n: int) -> datetime:
     raise AssertionError(f"no {n} consecutive busy hours in the default window")
 
 
-def _main_job(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(env: dict[str, str], exe: str, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "interest-main-job"), *args],
-        env=env, capture_output=True, text=True, timeout=1200,
+        [str(Path(sys.executable).parent / exe), *args],
+        env=env, capture_output=True, text=True, timeout=1500,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
-def _snapshot(warehouse: Path) -> dict[str, list]:
+def _window(first: datetime, n: int) -> list[str]:
+    return ["--start", first.isoformat(), "--end", (first + timedelta(hours=n)).isoformat()]
+
+
+def _snapshot(warehouse: Path, tables=OUTPUT_TABLES) -> dict[str, list]:
     con = connect(warehouse, read_only=True)
     try:
-        return {
-            t: sorted(con.execute(f"select * from {t}").fetchall(), key=repr) for t in OUTPUT_TABLES
-        }
+        return {t: sorted(con.execute(f"select * from {t}").fetchall(), key=repr) for t in tables}
     finally:
         con.close()
 
@@ -73,20 +86,51 @@ def pipeline(tmp_path_factory):
     first = _busy_hours(tmp / "scratch", 3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INTEREST_"))}
     env["INTEREST_DATA_DIR"] = str(tmp / "data")
-    hours = [first + timedelta(hours=i) for i in range(3)]
-    window = ["--start", hours[0].isoformat(), "--end", (hours[-1] + timedelta(hours=1)).isoformat()]
-    out = _main_job(env, *window)
-    return {"tmp": tmp, "env": env, "hours": hours, "window": window, "stdout": out.stdout,
-            "warehouse": tmp / "data" / "warehouse.duckdb", "landing": tmp / "data" / "landing"}
+    env["INTEREST_AIRFLOW_PORT"] = str(_free_port())
+    hours = [first + timedelta(hours=i) for i in range(N_HOURS)]
+    _run(env, "interest-airflow", "start")
+    try:
+        out = _run(env, "interest-main-job", *_window(first, N_HOURS))
+        yield {"tmp": tmp, "env": env, "hours": hours, "stdout": out.stdout,
+               "warehouse": tmp / "data" / "warehouse.duckdb", "landing": tmp / "data" / "landing"}
+    finally:
+        _run(env, "interest-airflow", "stop")
 
 
-def test_every_hour_ran_and_the_summary_is_printed(pipeline):
-    assert "[3/3]" in pipeline["stdout"]
+def test_every_hour_ran_through_the_scheduler_and_the_summary_is_printed(pipeline):
+    assert f"backfill: {N_HOURS}/{N_HOURS} runs done" in pipeline["stdout"]
     assert "recommendations for" in pipeline["stdout"]
     con = connect(pipeline["warehouse"], read_only=True)
-    runs = con.execute("select interval_start, model_id from pipeline_runs order by 1").fetchall()
+    runs = con.execute(
+        "select interval_start, model_id from pipeline_runs where interval_start < ? order by 1",
+        [pipeline["hours"][-1] + timedelta(hours=1)],
+    ).fetchall()
     con.close()
     assert runs == [(h, DEFAULT_MODEL_ID) for h in pipeline["hours"]]
+    home = Path(pipeline["env"]["INTEREST_DATA_DIR"]) / "airflow" / "logs" / "dag_id=interest_pipeline_hourly"
+    assert len(list(home.glob("run_id=backfill__*"))) == N_HOURS
+
+
+def test_backfill_equals_an_hour_by_hour_run(pipeline, tmp_path):
+    """The scheduler's backfill converges to exactly what processing each hour in turn gives."""
+    settings = dataclasses.replace(
+        get_settings(), data_dir=tmp_path, warehouse_path=tmp_path / "w.duckdb",
+        landing_dir=pipeline["landing"],
+    )
+    for hour in pipeline["hours"]:
+        end = hour + timedelta(hours=1)
+        results = [
+            stages.ingest_landing_partition(hour, end, settings),
+            stages.build_dbt_models(hour, end, settings),
+            stages.embed_new_texts(hour, end, settings),
+            stages.update_user_vectors(hour, end, settings),
+            stages.write_recommendations(hour, end, settings),
+        ]
+        stages.record_run_stats(hour, end, results, settings)
+    hour_by_hour = _snapshot(settings.warehouse_path)
+    backfilled = _snapshot(pipeline["warehouse"])
+    for table in OUTPUT_TABLES:
+        assert backfilled[table] == hour_by_hour[table], table
 
 
 def test_events_in_equal_landed_minus_duplicates_minus_quarantined(pipeline):
@@ -151,8 +195,7 @@ def test_recommendations_exclude_consumed_items_and_carry_evidence(pipeline):
 def test_rerunning_an_hour_changes_no_output_table(pipeline):
     before = _snapshot(pipeline["warehouse"])
     hour = pipeline["hours"][1]
-    _main_job(pipeline["env"], "--skip-replay", "--start", hour.isoformat(),
-              "--end", (hour + timedelta(hours=1)).isoformat())
+    _run(pipeline["env"], "interest-main-job", "--skip-replay", "--reprocess", *_window(hour, 1))
     after = _snapshot(pipeline["warehouse"])
     for table in OUTPUT_TABLES:
         assert after[table] == before[table], table
@@ -174,9 +217,8 @@ def test_malformed_lines_are_quarantined_and_the_run_succeeds(pipeline):
         json.dumps({**good, "event_id": "e2e-bad-5", "event_type": "purchase"}),
     ]
     (folder / "part-99999.jsonl").write_text("\n".join(lines) + "\n")
-    out = _main_job(pipeline["env"], "--skip-replay", "--start", hour.isoformat(),
-                    "--end", (hour + timedelta(hours=1)).isoformat())
-    assert "[1/1]" in out.stdout
+    out = _run(pipeline["env"], "interest-main-job", "--skip-replay", *_window(hour, 1))
+    assert "backfill: 1/1 runs done" in out.stdout
     con = connect(pipeline["warehouse"], read_only=True)
     reasons = sorted(r[0] for r in con.execute(
         "select reason from quarantine where interval_start = ? and source_file like '%part-99999%'", [hour]

@@ -3,8 +3,14 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+import pytest
+
 from interest_pipeline.embeddings import embed_new_texts
-from interest_pipeline.recommendations import write_recommendations
+from interest_pipeline.recommendations import (
+    ScoringConfig,
+    scoring_config,
+    write_recommendations,
+)
 from interest_pipeline.user_vectors import update_user_vectors
 from tests.builders import add_event, add_item, table_contents
 
@@ -70,7 +76,7 @@ def test_rerun_replaces_the_interval(con, fake_encoder):
     add_event(con, "e2", "u2", "search", H0, H0, query_text="romantic paris")
     _run(con, fake_encoder)
     before = table_contents(con, "recommendations")
-    assert len(before) == 6
+    assert len(before) == 4  # u1: m2, m3; u2: m4, m5 (only positive scores qualify)
     write_recommendations(con, "fake", H0, H1, 3, 24.0, 100)
     assert table_contents(con, "recommendations") == before
 
@@ -80,3 +86,56 @@ def test_a_user_known_only_from_a_cancellation_gets_no_recommendations(con, fake
     add_event(con, "e1", "u1", "purchase", H0, H0, item_id="m1", weight=-3.0)
     counts = _run(con, fake_encoder)
     assert counts["recommendations_written"] == 0
+
+
+def _scores(con, user):
+    return dict(
+        con.execute(
+            "select item_id, score from recommendations where user_id = ? order by rank", [user]
+        ).fetchall()
+    )
+
+
+def test_scoring_config_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("INTEREST_SCORE_POPULARITY_WEIGHT", "0.25")
+    monkeypatch.setenv("INTEREST_SCORE_INTERESTS_POWER", "4")
+    config = scoring_config()
+    assert config.popularity_weight == 0.25
+    assert config.interests_power == 4.0
+    assert config.content_weight == ScoringConfig().content_weight
+
+
+def test_popularity_prior_breaks_a_tie_towards_the_popular_item(con, fake_encoder):
+    _catalogue(con)
+    add_event(con, "e1", "u1", "rate", H0, H0, item_id="m1", weight=3.0)
+    for n in range(3):  # m3 is popular with others
+        add_event(con, f"p{n}", f"other{n}", "purchase", H0, H0, item_id="m3", weight=3.0)
+    _run(con, fake_encoder)
+    plain = list(_scores(con, "u1"))
+    assert plain[:2] == ["m2", "m3"]  # equal similarity: item order breaks the tie
+    prior = ScoringConfig(popularity_weight=0.1, popularity_half_life_hours=24.0)
+    write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, prior)
+    scores = _scores(con, "u1")
+    assert list(scores)[:2] == ["m3", "m2"]
+    assert scores["m3"] == pytest.approx(scores["m2"] + 0.1)  # m3 is the most popular: prior 1
+
+
+def test_several_interests_score_an_item_by_the_interest_it_is_closest_to(con, fake_encoder):
+    _catalogue(con)
+    add_event(con, "e1", "u1", "search", H0, H0, query_text="aliens", weight=1.0)
+    _run(con, fake_encoder)
+    only_interests = ScoringConfig(content_weight=0.0, interests_weight=1.0, interests_power=3.0)
+    write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, only_interests)
+    aliens, m2 = fake_encoder.encode(["aliens", "space adventure aliens"])
+    # One contribution: the power mean is its (positive) similarity, whatever the power.
+    assert _scores(con, "u1")["m2"] == pytest.approx(float(aliens @ m2), rel=1e-5)
+
+
+def test_the_prior_never_makes_items_eligible(con, fake_encoder):
+    _catalogue(con)
+    add_event(con, "e1", "u1", "purchase", H0, H0, item_id="m1", weight=-3.0)
+    add_event(con, "p1", "u2", "purchase", H0, H0, item_id="m4", weight=3.0)
+    embed_new_texts(con, "fake", lambda: fake_encoder, H0)
+    update_user_vectors(con, "fake", H0, H1, 24.0)
+    write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, ScoringConfig(popularity_weight=1.0))
+    assert _scores(con, "u1") == {}

@@ -1,0 +1,534 @@
+"""``interest eval``: offline evaluation of the recommendations against later events.
+
+Protocol (temporal, no peeking):
+
+1. **Data.** A window ``[start, end)`` of a landing zone in the contract's format: either a
+   sample dataset replayed into ``<workdir>/landing`` (``--dataset movielens|retail``,
+   :func:`interest_pipeline.replay.replay`, deterministic) or any existing landing zone
+   (``--landing-dir``).
+2. **Pipeline.** The pipeline's own stages run in-process, hour by hour in order, into a
+   scratch warehouse ``<workdir>/warehouse.duckdb``: ingest, dbt, embed, fold, recommend,
+   run stats, exactly as the hourly DAG does, with the same settings (env vars) except the
+   paths. Shortcuts that change no row of the tables evaluated: an hour whose landing
+   partitions are both missing is skipped (the DAG's run for it writes nothing but its
+   ``pipeline_runs`` row: no raw lines, so no staged events, no new texts, no vector versions,
+   no recommendations); ``pipeline_runs`` is not written; dbt runs in-process as ``dbt seed``
+   once plus ``dbt run`` per hour (the DAG's ``dbt build`` is seed + run + data tests: the
+   tests check the tables, they do not change them), which saves ~10 s an hour. Ingest, dbt
+   and embed are cached in the work dir; fold and recommend are re-run for every hour, in
+   order, whenever the scoring settings differ from the ones the warehouse was scored with
+   (exact, because they read only the rows of hours up to their own, unless catalogue lines
+   land after the first hour, in which case everything is re-run).
+3. **Cut-offs.** ``T = first_cutoff, first_cutoff + every, …`` while ``T + horizon <= end``
+   (defaults: the first cut-off is ``start + 7 days`` so every user has up to a week of
+   history, ``every = 24 h``, ``horizon = 24 h``). At each ``T`` the recommendations in force
+   (each user's latest version with ``as_of <= T``) and the baselines (computed from events
+   up to ``T``) are scored against the events in ``(T, T + horizon]``
+   (:func:`interest_pipeline.evaluation.evaluate_as_of`; see that module for the relevance
+   rule and metric formulas).
+4. **Report.** Per method and metric, the mean over cut-offs weighted by the users evaluated
+   at each (that is, the mean over all (user, cut-off) pairs), for the headline population
+   ``known`` (users with at least one event up to T) and for ``all`` (every user with a
+   relevant later item, new users counting as misses for methods that have nothing for
+   them); a side-by-side table, a PNG chart of the metrics per cut-off, and ``--json`` for
+   scripts. Tuning of the scoring is done on cut-offs before ``--report-from`` only; the
+   reported table uses cut-offs from it on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from interest_pipeline.config import REPO_ROOT, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_HOUR = timedelta(hours=1)
+_STATE_FILE = "eval_state.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Running the pipeline into a scratch warehouse
+# --------------------------------------------------------------------------------------------
+
+
+def scratch_settings(workdir: Path, landing_dir: Path) -> Settings:
+    """The configured settings with every path moved into ``workdir``."""
+    workdir = workdir.resolve()
+    return dataclasses.replace(
+        get_settings(),
+        data_dir=workdir,
+        warehouse_path=workdir / "warehouse.duckdb",
+        landing_dir=landing_dir.resolve(),
+        airflow_home=workdir / "airflow",
+    )
+
+
+def busy_hours(landing_dir: Path, start: datetime, end: datetime) -> list[datetime]:
+    """Starts of the hours in [start, end) that have an events or items partition."""
+    from interest_pipeline.ingest import partition_dir
+
+    hours = []
+    hour = start
+    while hour < end:
+        if any(partition_dir(landing_dir, kind, hour).is_dir() for kind in ("events", "items")):
+            hours.append(hour)
+        hour += _HOUR
+    return hours
+
+
+class _InProcessDbt:
+    """dbt in this process: seed once, then ``dbt run`` per hour (saves ~10 s per hour)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from dbt.cli.main import dbtRunner
+
+        self.settings = settings
+        self.runner = dbtRunner()
+        self.seeded = False
+
+    def _invoke(self, *args: str) -> None:
+        from interest_pipeline.transform import DbtBuildError, dbt_command
+
+        cmd, env = dbt_command(self.settings, *args, "--quiet")
+        for key in ("INTEREST_WAREHOUSE_PATH", "DBT_LOG_PATH", "DBT_SEND_ANONYMOUS_USAGE_STATS"):
+            os.environ[key] = env[key]
+        result = self.runner.invoke(cmd[1:])
+        if not result.success:
+            raise DbtBuildError(f"dbt {' '.join(args)} failed: {result.exception}")
+
+    def run(self, start: datetime, end: datetime) -> dict[str, Any]:
+        began = time.perf_counter()
+        if not self.seeded:
+            self._invoke("seed")
+            self.seeded = True
+        dbt_vars = {
+            "interval_start": f"{start:%Y-%m-%d %H:%M:%S}",
+            "interval_end": f"{end:%Y-%m-%d %H:%M:%S}",
+        }
+        self._invoke("run", "--vars", json.dumps(dbt_vars))
+        return {"dbt_seconds": round(time.perf_counter() - began, 3)}
+
+
+def scoring_fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything fold + recommend depend on besides the data."""
+    from interest_pipeline.recommendations import scoring_config
+
+    return {
+        "model": settings.model,
+        "half_life_hours": settings.half_life_hours,
+        "top_n": settings.top_n,
+        "evidence_events": settings.evidence_events,
+        "scoring": dataclasses.asdict(scoring_config()),
+    }
+
+
+def _read_state(workdir: Path) -> dict[str, Any]:
+    path = workdir / _STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_state(workdir: Path, state: dict[str, Any]) -> None:
+    (workdir / _STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
+
+
+def _landing_fingerprint(landing_dir: Path, hours: Sequence[datetime]) -> str:
+    from interest_pipeline.ingest import partition_dir
+
+    digest = hashlib.sha256()
+    for hour in hours:
+        for kind in ("events", "items"):
+            folder = partition_dir(landing_dir, kind, hour)
+            if folder.is_dir():
+                for path in sorted(folder.iterdir()):
+                    stat = path.stat()
+                    digest.update(f"{path.relative_to(landing_dir)}:{stat.st_size}".encode())
+    return digest.hexdigest()
+
+
+def run_pipeline(
+    settings: Settings, start: datetime, end: datetime, workdir: Path
+) -> dict[str, Any]:
+    """Bring the scratch warehouse up to date for [start, end) (see the module docstring).
+
+    Returns what was done: hours with data, hours prepared, hours (re)scored, seconds.
+    """
+    from interest_pipeline import stages
+
+    began = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    hours = busy_hours(settings.landing_dir, start, end)
+    state = _read_state(workdir)
+    data_key = {
+        "landing": str(settings.landing_dir),
+        "start": start.isoformat(),
+        "fingerprint": _landing_fingerprint(settings.landing_dir, hours),
+        "model": settings.model,
+    }
+    scoring_key = scoring_fingerprint(settings)
+    if state.get("data") != data_key:
+        if state and settings.warehouse_path.exists():
+            log.info("landing zone or window changed: rebuilding %s", settings.warehouse_path)
+            settings.warehouse_path.unlink()
+        state = {"data": data_key, "prepared_until": None, "scoring": None}
+    prepared_until = datetime.fromisoformat(state["prepared_until"]) if state.get(
+        "prepared_until"
+    ) else None
+    catalogue_fixed = _catalogue_lands_only_in_first_hour(settings, hours)
+    rescore = state.get("scoring") != scoring_key
+    if rescore and not catalogue_fixed:
+        prepared_until = None
+    dbt = None
+    prepared = scored = 0
+    for i, hour in enumerate(hours, start=1):
+        nxt = hour + _HOUR
+        needs_data = prepared_until is None or hour >= prepared_until
+        if not needs_data and not rescore:
+            continue
+        if needs_data:
+            stages.ingest_landing_partition(hour, nxt, settings)
+            dbt = dbt or _InProcessDbt(settings)
+            dbt.run(hour, nxt)
+            stages.embed_new_texts(hour, nxt, settings)
+            prepared += 1
+        _fold(settings, hour, nxt)
+        stages.write_recommendations(hour, nxt, settings)
+        scored += 1
+        if needs_data:
+            state["prepared_until"] = nxt.isoformat()
+            state["scoring"] = None
+            _write_state(workdir, state)
+        if i % 10 == 0 or i == len(hours):
+            print(
+                f"  pipeline: hour {i}/{len(hours)} {hour:%Y-%m-%d %H:00} "
+                f"({time.perf_counter() - began:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    state["scoring"] = scoring_key
+    state["prepared_until"] = (hours[-1] + _HOUR).isoformat() if hours else None
+    _write_state(workdir, state)
+    return {
+        "hours_with_data": len(hours),
+        "hours_prepared": prepared,
+        "hours_scored": scored,
+        "pipeline_seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def _fold(settings: Settings, start: datetime, end: datetime) -> None:
+    """The fold stage's core, in order (the stage's replay of later intervals never applies)."""
+    from interest_pipeline import embeddings, user_vectors
+    from interest_pipeline.warehouse import open_warehouse
+
+    model_id, _ = embeddings.resolve_model(settings.model)
+    with open_warehouse(settings.warehouse_path) as con:
+        user_vectors.update_user_vectors(con, model_id, start, end, settings.half_life_hours)
+
+
+def _catalogue_lands_only_in_first_hour(settings: Settings, hours: Sequence[datetime]) -> bool:
+    from interest_pipeline.ingest import partition_dir
+
+    return not any(partition_dir(settings.landing_dir, "items", h).is_dir() for h in hours[1:])
+
+
+# --------------------------------------------------------------------------------------------
+# Cut-offs, aggregation, output
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A replay window and its cut-offs: tuning in [tune_from, report_from), reported from
+    ``report_from`` on."""
+
+    start: datetime
+    end: datetime
+    tune_from: datetime
+    report_from: datetime
+    every_hours: float
+
+
+# The protocol's windows for the two sample datasets (UTC, naive). MovieLens is sparse (a few
+# dozen users a month), so its window is its densest six weeks and cut-offs come every 6 h;
+# retail uses the same 6 h step over three weeks of November 2010.
+DEFAULT_WINDOWS: dict[str, Window] = {
+    "movielens": Window(
+        start=datetime(2007, 1, 27),
+        end=datetime(2007, 3, 10),
+        tune_from=datetime(2007, 2, 3),
+        report_from=datetime(2007, 2, 17),
+        every_hours=6.0,
+    ),
+    "retail": Window(
+        start=datetime(2010, 11, 1),
+        end=datetime(2010, 11, 22),
+        tune_from=datetime(2010, 11, 8),
+        report_from=datetime(2010, 11, 15),
+        every_hours=6.0,
+    ),
+}
+
+TABLE_COLUMNS = (
+    ("ndcg", 10),
+    ("recall", 10),
+    ("hit_rate", 10),
+    ("ndcg", 20),
+    ("recall", 20),
+    ("hit_rate", 20),
+    ("coverage", 10),
+    ("coverage", 20),
+    ("new_item_recall", 20),
+    ("users", None),
+)
+
+
+def cutoffs(first: datetime, end: datetime, every_hours: float, horizon_hours: float) -> list:
+    """T = first, first + every, … while T + horizon <= end."""
+    out = []
+    step, horizon = timedelta(hours=every_hours), timedelta(hours=horizon_hours)
+    t = first
+    while t + horizon <= end:
+        out.append(t)
+        t += step
+    return out
+
+
+def evaluate_cutoffs(
+    settings: Settings, times: Sequence[datetime], horizon_hours: float
+) -> list[dict[str, Any]]:
+    """Evaluate and record every cut-off; returns the rows with their ``interval_end``."""
+    from interest_pipeline import embeddings, evaluation
+    from interest_pipeline.warehouse import open_warehouse
+
+    model_id, _ = embeddings.resolve_model(settings.model)
+    rows: list[dict[str, Any]] = []
+    with open_warehouse(settings.warehouse_path) as con:
+        for t in times:
+            found = evaluation.evaluate_as_of(con, t, horizon_hours, model_id)
+            evaluation.record_evaluation(con, t, horizon_hours, model_id, found)
+            rows.extend({**r, "interval_end": t} for r in found)
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{population: {method: {"metric@k": weighted mean}}} (see ``evaluation.weighted_means``)."""
+    from interest_pipeline.evaluation import weighted_means
+
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for (population, method, metric, k), value in weighted_means(rows).items():
+        name = metric if k is None else f"{metric}@{k}"
+        out.setdefault(population, {}).setdefault(method, {})[name] = value
+    return out
+
+
+def format_table(summary: dict[str, dict[str, float | None]]) -> str:
+    """Side-by-side table, one row per method, one column per metric."""
+    from interest_pipeline.evaluation import METHODS
+
+    names = [m if k is None else f"{m}@{k}" for m, k in TABLE_COLUMNS]
+    width = max(len(n) for n in names) + 1
+    lines = ["method".ljust(16) + "".join(n.rjust(width) for n in names)]
+    for method in METHODS:
+        cells = []
+        for name in names:
+            value = summary.get(method, {}).get(name)
+            if value is None:
+                cells.append("-".rjust(width))
+            elif name == "users":
+                cells.append(f"{int(value)}".rjust(width))
+            else:
+                cells.append(f"{value:.4f}".rjust(width))
+        lines.append(method.ljust(16) + "".join(cells))
+    return "\n".join(lines)
+
+
+def save_chart(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """PNG of NDCG@10, Recall@10 and HitRate@10 per cut-off and method (known users)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from interest_pipeline.evaluation import METHODS
+
+    panels = (("ndcg", 10), ("recall", 10), ("hit_rate", 10))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 9), sharex=True)
+    for ax, (metric, k) in zip(axes, panels, strict=True):
+        for method in METHODS:
+            points = sorted(
+                (r["interval_end"], r["value"])
+                for r in rows
+                if r["population"] == "known"
+                and r["method"] == method
+                and r["metric"] == metric
+                and r["k"] == k
+                and r["value"] is not None
+            )
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=method)
+        ax.set_ylabel(f"{metric}@{k}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize="small")
+    axes[0].set_title(title)
+    axes[-1].set_xlabel("cut-off T (UTC); horizon after it")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _parse_time(text: str) -> datetime:
+    from interest_pipeline.stages import to_utc_naive
+
+    value = datetime.fromisoformat(text)
+    return to_utc_naive(value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``interest eval``."""
+    from interest_pipeline.replay import DATASETS
+
+    windows = "; ".join(
+        f"{name}: [{w.start:%Y-%m-%d}, {w.end:%Y-%m-%d}), tuning cut-offs from "
+        f"{w.tune_from:%Y-%m-%d}, reported from {w.report_from:%Y-%m-%d}, every "
+        f"{w.every_hours:g} h"
+        for name, w in DEFAULT_WINDOWS.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="interest eval",
+        description=(
+            "Offline evaluation: run the pipeline hour by hour over a window of sample logs "
+            "into a scratch warehouse, then score the recommendations in force at each cut-off "
+            "T, and three baselines on the same users, against the events of (T, T+horizon]. "
+            "Prints method x metric (mean over cut-offs weighted by users) and saves a PNG."
+        ),
+        epilog=f"Dataset windows: {windows}.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=DATASETS, help="replay this sample dataset")
+    source.add_argument("--landing-dir", type=Path, help="an existing landing zone")
+    parser.add_argument("--start", type=_parse_time, help="window start (UTC, on the hour)")
+    parser.add_argument("--end", type=_parse_time, help="window end, exclusive")
+    parser.add_argument(
+        "--report-from",
+        type=_parse_time,
+        help="first reported cut-off (default: the dataset's, or start + 7 days)",
+    )
+    parser.add_argument(
+        "--tuning",
+        action="store_true",
+        help="report the tuning cut-offs (before --report-from) instead",
+    )
+    parser.add_argument("--every", type=float, help="hours between cut-offs (default 6)")
+    parser.add_argument(
+        "--horizon",
+        type=float,
+        default=float(os.environ.get("INTEREST_EVAL_HORIZON_HOURS", "24")),
+        help="hours after each cut-off whose events are the truth (default "
+        "$INTEREST_EVAL_HORIZON_HOURS or 24)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="scratch folder (landing zone of a replay, warehouse, cache); default "
+        "$INTEREST_DATA_DIR/eval/<dataset>",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=REPO_ROOT / "bench" / "eval_results",
+        help="where the PNG chart and the JSON results go (default bench/eval_results)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``interest eval``; returns 0 on success, 2 on bad arguments."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    preset = DEFAULT_WINDOWS.get(args.dataset) if args.dataset else None
+    start = args.start or (preset.start if preset else None)
+    end = args.end or (preset.end if preset else None)
+    if start is None or end is None or end <= start:
+        parser.print_usage(sys.stderr)
+        print("interest eval: error: give --start and --end (end after start)", file=sys.stderr)
+        return 2
+    same_window = preset is not None and (start, end) == (preset.start, preset.end)
+    week = start + timedelta(days=7)
+    report_from = args.report_from or (preset.report_from if same_window else week)
+    tune_from = preset.tune_from if same_window else week
+    every = args.every or (preset.every_hours if preset else 6.0)
+    name = args.dataset or f"landing-{hashlib.sha1(str(args.landing_dir).encode()).hexdigest()[:8]}"
+    workdir = (args.workdir or get_settings().data_dir / "eval" / name).resolve()
+    landing = workdir / "landing" if args.dataset else args.landing_dir
+    settings = scratch_settings(workdir, landing)
+
+    if args.dataset:
+        from interest_pipeline.replay import replay
+
+        replay(args.dataset, start, end, landing)
+    done = run_pipeline(settings, start, end, workdir)
+    first = tune_from if args.tuning else report_from
+    last_end = report_from + timedelta(hours=args.horizon) if args.tuning else end
+    times = cutoffs(first, min(end, last_end), every, args.horizon)
+    if args.tuning:
+        times = [t for t in times if t + timedelta(hours=args.horizon) <= report_from]
+    rows = evaluate_cutoffs(settings, times, args.horizon)
+    summary = summarise(rows)
+    label = "tuning" if args.tuning else "report"
+    result = {
+        "dataset": args.dataset,
+        "landing_dir": str(landing),
+        "window": [start.isoformat(), end.isoformat()],
+        "cutoffs": [t.isoformat() for t in times],
+        "period": label,
+        "horizon_hours": args.horizon,
+        "every_hours": every,
+        "scoring": scoring_fingerprint(settings),
+        "pipeline": done,
+        "results": summary,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    chart = args.out_dir / f"{name}_{label}.png"
+    save_chart(rows, chart, f"{name}: {label} cut-offs, horizon {args.horizon:g} h")
+    result["chart"] = str(chart)
+    (args.out_dir / f"{name}_{label}.json").write_text(json.dumps(result, indent=2, default=str))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(
+        f"{name}: {len(times)} cut-offs {times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M} "
+        f"({label}), every {every:g} h, horizon {args.horizon:g} h"
+        if times
+        else f"{name}: no cut-off fits the window"
+    )
+    for population, caption in (
+        ("known", "users with history at T (headline)"),
+        ("all", "all users with a later relevant item; new users are misses without a list"),
+    ):
+        print(f"\n{population}: {caption}")
+        print(format_table(summary.get(population, {})))
+    print(f"\nchart: {chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
