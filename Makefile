@@ -25,6 +25,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Benchmarks (not tests): prints a table, writes bench/results/*.json, bench/latest.{json,md}.
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 # Local Airflow for real: scheduler, dag-processor, api-server (UI on :8080), triggerer.
 airflow-start: install
 	$(BIN)/interest-airflow start

@@ -8,8 +8,11 @@ Every hour, for the data interval `[H, H+1h)` (UTC):
 2. **build_dbt_models** runs `dbt build` for the interval: staging parses, casts, converts times
    to UTC and deduplicates on `event_id`; bad lines go to `quarantine` with a reason; marts hold
    `user_item_interactions` (weighted) and `item_documents` (the text that gets embedded).
-3. **embed_new_texts** embeds item documents and query/tag texts not yet cached for the model
-   (`text_embeddings`, one row per model and text hash; the model loads only if needed).
+3. **plan_embedding_shards** writes the item documents and query/tag texts not yet cached for
+   the model to Parquet shards (one shard below 2,048 texts, so an ordinary hour stays cheap);
+   **embed_text_shard**, mapped over the shards, encodes each on any worker without opening the
+   warehouse (the model loads only if there is a shard); **merge_text_embeddings**, the single
+   writer, inserts them into `text_embeddings` (one row per model and text hash).
 4. **update_user_vectors** folds the hour's events into time-decaying interest vectors and
    writes a version `as_of = data_interval_end` for each user whose vector changed.
 5. **write_recommendations** writes the top-N items per changed user with score and evidence.
@@ -66,9 +69,24 @@ def interest_pipeline_hourly() -> None:
         return stages.build_dbt_models(data_interval_start, data_interval_end)
 
     @task
-    def embed_new_texts(data_interval_start=None, data_interval_end=None) -> dict:
-        """Embed texts not yet cached for the configured model."""
-        return stages.embed_new_texts(data_interval_start, data_interval_end)
+    def plan_embedding_shards(data_interval_start=None, data_interval_end=None) -> list[str]:
+        """Write the texts not yet cached for the model to Parquet shards (paths via XCom)."""
+        return stages.plan_embedding_shards(data_interval_start, data_interval_end)
+
+    # Not in the writer pool: a shard reads and writes only its own Parquet files, so shards
+    # run in parallel across workers.
+    @task(pool="default_pool")
+    def embed_text_shard(texts_path: str) -> dict:
+        """Encode one shard of texts to a vectors Parquet file."""
+        return stages.embed_text_shard(texts_path)
+
+    # none_failed: an hour with nothing to embed maps zero shards (skipped) and still merges.
+    @task(trigger_rule="none_failed")
+    def merge_text_embeddings(
+        shards: list[dict], data_interval_start=None, data_interval_end=None
+    ) -> dict:
+        """Insert the encoded shards into text_embeddings: the single writer."""
+        return stages.merge_text_embeddings(data_interval_start, data_interval_end, shards)
 
     @task
     def update_user_vectors(data_interval_start=None, data_interval_end=None) -> dict:
@@ -89,7 +107,8 @@ def interest_pipeline_hourly() -> None:
 
     ingested = ingest_landing_partition()
     built = build_dbt_models()
-    embedded = embed_new_texts()
+    planned = plan_embedding_shards()
+    embedded = merge_text_embeddings(embed_text_shard.expand(texts_path=planned))
     folded = update_user_vectors()
     recommended = write_recommendations()
     @task
@@ -97,7 +116,8 @@ def interest_pipeline_hourly() -> None:
         """Publish a read-only copy of the warehouse for the CLI while later runs write."""
         return stages.publish_snapshot(data_interval_start, data_interval_end)
 
-    ingested >> built >> embedded >> folded >> recommended
+    ingested >> built >> planned
+    embedded >> folded >> recommended
     record_run_stats([ingested, built, embedded, folded, recommended]) >> publish_snapshot()
 
 

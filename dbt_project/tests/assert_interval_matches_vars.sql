@@ -1,6 +1,6 @@
 {#-
     The ingest task and dbt must agree on the hour: every landed line of interval_start must
-    carry the interval_end passed in --vars. A mismatch means the run was given the wrong vars.
+    carry the run's interval_end. A mismatch means the run was given the wrong interval.
 -#}
 with
 

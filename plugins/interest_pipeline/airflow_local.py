@@ -4,7 +4,14 @@ The embedded default is SQLite + LocalExecutor under ``$AIRFLOW_HOME`` (``.local
 component runs as its own process group with a pid file in ``$AIRFLOW_HOME/run`` and a log in
 ``$AIRFLOW_HOME/logs/processes``, so ``stop`` ends exactly what ``start`` began.
 
-Usage: ``interest-airflow start|stop|status`` (``make airflow-start`` / ``make airflow-stop``).
+The scale-out configuration runs without containers too: with
+``AIRFLOW__CORE__EXECUTOR=CeleryExecutor`` (see :func:`celery_env`: metadata DB and Celery
+results in PostgreSQL, Redis as broker) ``start`` adds ``$INTEREST_CELERY_WORKERS`` (default 1)
+``airflow celery worker`` processes. docker-compose.yml runs the same configuration.
+
+Usage: ``interest-airflow start|stop|status|prepare`` (``make airflow-start`` /
+``make airflow-stop``; ``prepare`` = migrate the metadata DB and create the writer pool, what
+the compose file's ``airflow-init`` runs).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -28,6 +36,57 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 POOL = "duckdb_writer"
 POOL_DESCRIPTION = "one slot: DuckDB allows a single writing process per warehouse file"
+CELERY_EXECUTOR = "CeleryExecutor"
+CELERY_WORKER = "celery-worker"
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def celery_env(
+    database: str,
+    postgres: str = "postgres@127.0.0.1:5432",
+    broker_url: str = REDIS_URL,
+    worker_concurrency: int = 2,
+) -> dict[str, str]:
+    """Airflow settings of the scale-out path: CeleryExecutor, PostgreSQL, Redis.
+
+    The metadata DB and the Celery result backend share one PostgreSQL database; Redis is the
+    broker. docker-compose.yml sets the same keys (tests/test_compose.py checks it).
+
+    Args:
+        database: PostgreSQL database name.
+        postgres: ``user[:password]@host:port`` of the PostgreSQL server.
+        broker_url: Redis URL, with the DB number.
+        worker_concurrency: task slots per Celery worker (Airflow's default of 16 is far more
+            than a small machine can run with an embedding model in each task).
+    """
+    return {
+        "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{postgres}/{database}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{postgres}/{database}",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
+    }
+
+
+def components(env: dict[str, str]) -> tuple[str, ...]:
+    """The processes this configuration runs: the core four, plus Celery workers if Celery."""
+    if env.get("AIRFLOW__CORE__EXECUTOR", "").rsplit(".", 1)[-1] != CELERY_EXECUTOR:
+        return COMPONENTS
+    workers = int(env.get("INTEREST_CELERY_WORKERS", "1"))
+    return COMPONENTS + tuple(f"{CELERY_WORKER}-{i}" for i in range(1, workers + 1))
+
+
+def _command(component: str) -> list[str]:
+    if component.startswith(CELERY_WORKER):
+        # Each worker needs its own Celery node name. Task logs are written to the shared local
+        # log folder, which the api-server reads directly: no log server (and so no clash on
+        # its fixed port between workers) is needed on one machine.
+        return [
+            airflow_bin(), "celery", "worker",
+            "--celery-hostname", f"{component}@%h", "--skip-serve-logs",
+        ]
+    return [airflow_bin(), component]
 
 
 def airflow_bin() -> str:
@@ -93,32 +152,31 @@ def _pid(env: dict[str, str], component: str) -> int | None:
 def prepare(env: dict[str, str] | None = None) -> dict[str, str]:
     """Migrate the metadata DB and create the one-slot DuckDB writer pool (both idempotent)."""
     env = env or local_env()
-    subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run(
-        [airflow_bin(), "pools", "set", POOL, "1", POOL_DESCRIPTION],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    for cmd in (["db", "migrate"], ["pools", "set", POOL, "1", POOL_DESCRIPTION]):
+        proc = subprocess.run(
+            [airflow_bin(), *cmd], env=env, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return env
 
 
 def status(env: dict[str, str] | None = None) -> dict[str, int | None]:
     """Pid of each component, or None where it is not running."""
     env = env or local_env()
-    return {c: _pid(env, c) for c in COMPONENTS}
+    return {c: _pid(env, c) for c in components(env)}
 
 
 def start(env: dict[str, str] | None = None, timeout: float = 180.0) -> dict[str, int]:
     """Start every component not already running; wait until the api-server answers."""
     env = prepare(env)
     pids: dict[str, int] = {}
-    for component in COMPONENTS:
+    for component in components(env):
         pid = _pid(env, component)
         if pid is None:
             with (_log_dir(env) / f"{component}.log").open("ab") as out:
                 proc = subprocess.Popen(
-                    [airflow_bin(), component],
+                    _command(component),
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -154,8 +212,11 @@ def _wait_for_api(env: dict[str, str], timeout: float) -> None:
 def stop(env: dict[str, str] | None = None, timeout: float = 30.0) -> list[str]:
     """Stop the components started by :func:`start` (TERM, then KILL after ``timeout``)."""
     env = env or local_env()
+    # Whatever has a pid file, too: workers started under another INTEREST_CELERY_WORKERS.
+    started = {p.stem for p in _run_dir(env).glob("*.pid")}
+    names = list(components(env)) + sorted(started - set(components(env)))
     stopped = []
-    for component in reversed(COMPONENTS):
+    for component in reversed(names):
         pid = _pid(env, component)
         if pid is None:
             continue
@@ -191,13 +252,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _admin_connection(admin_url: str):  # a psycopg2 connection (imported lazily)
+    import psycopg2
+
+    con = psycopg2.connect(admin_url)
+    con.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    return con
+
+
+def create_database(name: str, admin_url: str = POSTGRES_ADMIN_URL) -> None:
+    """Create an empty PostgreSQL database (for a fresh metadata DB); fails if it exists."""
+    if not _DATABASE_NAME.match(name):
+        raise ValueError(f"not a plain PostgreSQL database name: {name!r}")
+    con = _admin_connection(admin_url)
+    try:
+        with con.cursor() as cur:
+            cur.execute(f'create database "{name}"')
+    finally:
+        con.close()
+
+
+def drop_database(name: str, admin_url: str = POSTGRES_ADMIN_URL) -> None:
+    """Drop a PostgreSQL database if it exists, ending any session still connected to it."""
+    if not _DATABASE_NAME.match(name):
+        raise ValueError(f"not a plain PostgreSQL database name: {name!r}")
+    con = _admin_connection(admin_url)
+    try:
+        with con.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        con.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interest-airflow",
         description="Start, stop or inspect the local Airflow (scheduler, dag-processor, "
-        "api-server, triggerer; SQLite + LocalExecutor under $AIRFLOW_HOME).",
+        "api-server, triggerer; SQLite + LocalExecutor under $AIRFLOW_HOME; with "
+        "AIRFLOW__CORE__EXECUTOR=CeleryExecutor also $INTEREST_CELERY_WORKERS celery workers). "
+        "prepare: migrate the metadata DB and create the one-slot writer pool.",
     )
-    parser.add_argument("action", choices=("start", "stop", "status"))
+    parser.add_argument("action", choices=("start", "stop", "status", "prepare"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = local_env()
@@ -207,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"UI: {env['AIRFLOW__API__BASE_URL']}  (DAG {DAG_ID}; admin password in "
               f"{Path(env['AIRFLOW_HOME']) / 'simple_auth_manager_passwords.json.generated'})")
         print(f"logs: {_log_dir(env)}")
+    elif args.action == "prepare":
+        prepare(env)
+        print(f"metadata DB migrated; pool {POOL} has 1 slot")
     elif args.action == "stop":
         stopped = stop(env)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")

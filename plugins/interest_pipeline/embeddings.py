@@ -2,6 +2,17 @@
 
 The cache is the ``text_embeddings`` table keyed by (model_id, sha256 of the text). The model
 is loaded only when a run finds texts not yet in the cache, and at most once per process.
+
+Two ways to fill it, with identical results:
+
+- :func:`embed_new_texts` does everything in the process that holds the warehouse open.
+- The fan-out for Celery workers: :func:`write_text_shards` (the planner, a warehouse reader)
+  writes the pending texts to Parquet shards, :func:`embed_text_shard` encodes one shard into a
+  vectors Parquet file without opening the warehouse at all, so any number of shards run at
+  once on any worker, and :func:`merge_text_shards` (the single writer) inserts them.
+
+Both cut the pending texts, in text-hash order, into the same chunks of ``shard_size()`` texts
+and encode each chunk in one call: the batches, and so the vectors, are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -20,11 +31,15 @@ from interest_pipeline.warehouse import insert_arrow, numpy_to_vectors, table_ex
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-# Texts are committed in chunks so a crash in a long backlog keeps what was already embedded.
-_COMMIT_EVERY = 2048
+# Pending texts are cut into chunks of this many (``$INTEREST_EMBED_SHARD_SIZE``): committed one
+# at a time in-process, so a crash in a long backlog keeps what was already embedded, and one
+# shard each in the fan-out, so an ordinary hour (far fewer new texts) is a single shard.
+SHARD_SIZE_ENV = "INTEREST_EMBED_SHARD_SIZE"
+DEFAULT_SHARD_SIZE = 2048
 
 
 class Encoder(Protocol):
@@ -120,6 +135,18 @@ def pending_texts(
     return [(h, t) for h, t in con.execute(sql, params).fetchall()]
 
 
+def shard_size() -> int:
+    """Texts per chunk / shard: ``$INTEREST_EMBED_SHARD_SIZE`` or 2048."""
+    size = int(os.environ.get(SHARD_SIZE_ENV, DEFAULT_SHARD_SIZE))
+    if size < 1:
+        raise ValueError(f"{SHARD_SIZE_ENV} must be a positive integer, not {size}")
+    return size
+
+
+def _chunks(todo: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
+    return [todo[offset : offset + size] for offset in range(0, len(todo), size)]
+
+
 def embed_new_texts(
     con: duckdb.DuckDBPyConnection,
     model_id: str,
@@ -133,19 +160,120 @@ def embed_new_texts(
     if not todo:
         return 0
     encoder = encoder_factory()
-    total = len(todo)
-    for offset in range(0, total, _COMMIT_EVERY):
-        chunk = todo[offset : offset + _COMMIT_EVERY]
-        vectors = encoder.encode([text for _, text in chunk])
-        rows = pa.table(
+    done = 0
+    for chunk in _chunks(todo, shard_size()):
+        texts = pa.table(
             {
                 "model_id": pa.array([model_id] * len(chunk), pa.string()),
                 "text_hash": pa.array([h for h, _ in chunk], pa.string()),
                 "text": pa.array([t for _, t in chunk], pa.string()),
-                "embedding": numpy_to_vectors(vectors),
             }
         )
         with transaction(con):
-            insert_arrow(con, "text_embeddings", rows)
-        log.info("embedded %d/%d new texts with %s", min(offset + len(chunk), total), total, model_id)
-    return total
+            insert_arrow(con, "text_embeddings", _encode(encoder, texts))
+        done += len(chunk)
+        log.info("embedded %d/%d new texts with %s", done, len(todo), model_id)
+    return len(todo)
+
+
+def _encode(encoder: Encoder, texts: pa.Table) -> pa.Table:
+    """(model_id, text_hash, text) rows -> the same rows with their ``embedding``."""
+    vectors = encoder.encode(texts.column("text").to_pylist())
+    return texts.append_column("embedding", numpy_to_vectors(vectors))
+
+
+def shard_dir(data_dir: Path, interval_start: datetime) -> Path:
+    """An interval's shard folder, under the data dir: every worker must see the same one."""
+    return data_dir / "embedding_shards" / f"{interval_start:%Y%m%dT%H%M}"
+
+
+def write_text_shards(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    interval_start: datetime,
+    shard_dir: Path,
+) -> list[Path]:
+    """Write the interval's pending texts to Parquet shards of ``shard_size()`` texts.
+
+    Replaces whatever ``shard_dir`` held (a retried plan starts clean). Returns the shard paths
+    in order; none when nothing is pending, so an hour with nothing new encodes nothing.
+    """
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    todo = pending_texts(con, model_id, interval_start)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    if not todo:
+        return []
+    shard_dir.mkdir(parents=True)
+    paths = []
+    for i, chunk in enumerate(_chunks(todo, shard_size())):
+        path = shard_dir / f"texts-{i:05d}.parquet"
+        pq.write_table(
+            pa.table(
+                {
+                    "model_id": pa.array([model_id] * len(chunk), pa.string()),
+                    "text_hash": pa.array([h for h, _ in chunk], pa.string()),
+                    "text": pa.array([t for _, t in chunk], pa.string()),
+                }
+            ),
+            path,
+        )
+        paths.append(path)
+    log.info("%d pending texts for %s in %d shard(s) under %s", len(todo), model_id,
+             len(paths), shard_dir)
+    return paths
+
+
+def embed_text_shard(
+    texts_path: str | Path, model_id: str, encoder_factory: Callable[[], Encoder]
+) -> tuple[Path, int]:
+    """Encode one shard into ``vectors-NNNNN.parquet`` beside it; never opens the warehouse.
+
+    Returns (vectors path, texts encoded). The file appears atomically, so a retried or
+    killed task never leaves half a shard for the merge.
+    """
+    import pyarrow.parquet as pq
+
+    texts_path = Path(texts_path)
+    texts = pq.read_table(texts_path)
+    shard_models = set(texts.column("model_id").to_pylist())
+    if shard_models - {model_id}:
+        raise ValueError(
+            f"shard {texts_path} was planned for {sorted(shard_models)}, this worker embeds "
+            f"with {model_id}: every component must use the same INTEREST_MODEL"
+        )
+    out = texts_path.with_name(texts_path.name.replace("texts-", "vectors-", 1))
+    partial = out.with_suffix(".parquet.partial")
+    pq.write_table(_encode(encoder_factory(), texts), partial)
+    os.replace(partial, out)
+    log.info("embedded shard %s: %d texts with %s", texts_path.name, texts.num_rows, model_id)
+    return out, texts.num_rows
+
+
+def merge_text_shards(
+    con: duckdb.DuckDBPyConnection, vector_paths: Sequence[str | Path]
+) -> int:
+    """Insert encoded shards into ``text_embeddings``; the single writer of the fan-out.
+
+    Texts already cached (a retried merge, an overlapping plan) are not inserted twice; rows go
+    in text-hash order like :func:`embed_new_texts`. Returns how many rows were inserted.
+    """
+    inserted = 0
+    for path in vector_paths:
+        with transaction(con):
+            rows = con.execute(
+                """
+                insert into text_embeddings (model_id, text_hash, text, embedding)
+                select shard.model_id, shard.text_hash, shard.text, shard.embedding
+                from read_parquet($path) as shard
+                anti join text_embeddings as cached
+                    on shard.model_id = cached.model_id and shard.text_hash = cached.text_hash
+                order by shard.text_hash
+                """,
+                {"path": str(path)},
+            ).fetchall()
+        inserted += rows[0][0] if rows else 0
+    return inserted

@@ -41,15 +41,12 @@ class BackfillFailed(RuntimeError):
     """A run of the backfill failed; the message names the task and its log."""
 
 
-def run_backfill(
-    hours: list[datetime], env: dict[str, str], reprocess: bool = False, poll_seconds: float = 3.0
-) -> int:
-    """Backfill the intervals starting at ``hours`` through the running scheduler and wait.
+def create_backfill(hours: list[datetime], env: dict[str, str], reprocess: bool = False) -> int:
+    """Create an Airflow backfill of the intervals starting at ``hours``; return its id.
 
-    Prints progress (runs done / total). Returns the number of runs; raises BackfillFailed
-    with the failing task and its log path if a run fails.
+    Created while the scheduler is stopped where possible: SQLite serialises writers, and the
+    many inserts of a backfill can lose the race against a busy scheduler ("database is locked").
     """
-    from airflow.models import DagRun
     from airflow.models.backfill import Backfill
     from airflow.utils.session import create_session
 
@@ -63,11 +60,12 @@ def run_backfill(
         # redoing them would change nothing); --reprocess redoes them anyway.
         "--reprocess-behavior", "completed" if reprocess else "failed",
     ]
-    for _ in range(3):  # SQLite may still be busy with the scheduler's first loops
+    for attempt in range(3):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode == 0 or "database is locked" not in proc.stderr:
             break
-        time.sleep(5)
+        _drop_unfinished_backfills()
+        time.sleep(5 * (attempt + 1))
     if proc.returncode != 0:
         raise BackfillFailed(f"airflow backfill create failed:\n{proc.stderr[-2000:]}")
     with create_session() as session:
@@ -75,30 +73,65 @@ def run_backfill(
             session.query(Backfill).filter(Backfill.dag_id == DAG_ID)
             .order_by(Backfill.id.desc()).first()
         )
-        backfill_id = backfill.id if backfill else None
+        assert backfill is not None
+        return backfill.id
+
+
+def _drop_unfinished_backfills() -> None:
+    """Remove a backfill left half-created by a lock error, so the retry may create it."""
+    from airflow.models import DagRun
+    from airflow.models.backfill import Backfill, BackfillDagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for backfill in session.query(Backfill).filter(
+            Backfill.dag_id == DAG_ID, Backfill.completed_at.is_(None)
+        ):
+            started = session.query(DagRun).filter(
+                DagRun.backfill_id == backfill.id, DagRun.state != "queued"
+            ).count()
+            if started:
+                continue  # a backfill that is already running is not ours to drop
+            session.query(BackfillDagRun).filter(
+                BackfillDagRun.backfill_id == backfill.id
+            ).delete()
+            session.query(DagRun).filter(DagRun.backfill_id == backfill.id).delete()
+            session.delete(backfill)
+
+
+def wait_for_backfill(
+    hours: list[datetime], env: dict[str, str], backfill_id: int, poll_seconds: float = 3.0
+) -> int:
+    """Wait for the scheduler to run the backfill, printing progress (runs done / total).
+
+    Returns the number of runs; raises BackfillFailed with the failing task and its log path.
+    """
+    from airflow.models import DagRun
+    from airflow.models.backfill import Backfill
+    from airflow.utils.session import create_session
+
     total = len(hours)
     started = time.monotonic()
     last_done = -1
     while True:
         with create_session() as session:
-            runs = session.query(DagRun).filter(
-                DagRun.dag_id == DAG_ID,
-                DagRun.logical_date >= _aware(hours[0]),
-                DagRun.logical_date <= _aware(hours[-1]),
-            ).all()
+            runs = session.query(DagRun).filter(DagRun.backfill_id == backfill_id).all()
             states = {r.run_id: str(getattr(r.state, "value", r.state)) for r in runs}
             failed = [r for r in runs if states[r.run_id] == "failed"]
             if failed:
                 raise BackfillFailed(_describe_failure(failed[0], env))
             done = sum(1 for st in states.values() if st == "success")
-            complete = backfill_id is None or session.get(Backfill, backfill_id).completed_at
+            # Hours skipped because they already succeeded count as done.
+            skipped = total - len(runs)
+            complete = session.get(Backfill, backfill_id).completed_at is not None
         if done != last_done:
             print(
-                f"backfill: {done}/{total} runs done ({time.monotonic() - started:.0f}s)",
+                f"backfill: {done + skipped}/{total} runs done "
+                f"({time.monotonic() - started:.0f}s)",
                 flush=True,
             )
             last_done = done
-        if done >= total and complete:
+        if complete and done == len(runs):
             return total
         time.sleep(poll_seconds)
 
@@ -275,11 +308,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     hours = hours_in(start, end)
     already_running = all(airflow_local.status(env).values())
-    if not already_running:
-        print("starting airflow (scheduler, dag-processor, api-server, triggerer) ...", flush=True)
-        airflow_local.start(env)
     try:
-        n_runs = run_backfill(hours, env, reprocess=args.reprocess)
+        if already_running:
+            backfill_id = create_backfill(hours, env, reprocess=args.reprocess)
+        else:
+            airflow_local.prepare(env)
+            subprocess.run(
+                [airflow_bin(), "dags", "reserialize"], env=env, check=True, capture_output=True
+            )
+            backfill_id = create_backfill(hours, env, reprocess=args.reprocess)
+            print("starting airflow (scheduler, dag-processor, api-server, triggerer) ...",
+                  flush=True)
+            airflow_local.start(env)
+        print(f"backfill {backfill_id} of {DAG_ID}: {len(hours)} hours "
+              f"[{hours[0]:%Y-%m-%d %H:00}, {hours[-1] + timedelta(hours=1):%Y-%m-%d %H:00})",
+              flush=True)
+        n_runs = wait_for_backfill(hours, env, backfill_id)
     except BackfillFailed as exc:
         print(f"interest-main-job: {exc}", file=sys.stderr)
         return 1

@@ -74,10 +74,10 @@ class ScoringConfig:
         cooccurrence_weight: INTEREST_SCORE_COOCCURRENCE_WEIGHT, weight of the behaviour term.
     """
 
-    content_weight: float = 1.0
-    interests_weight: float = 0.0
-    interests_power: float = 1.0
-    popularity_weight: float = 0.0
+    content_weight: float = 0.0
+    interests_weight: float = 1.0
+    interests_power: float = 16.0
+    popularity_weight: float = 0.1
     popularity_half_life_hours: float = 168.0
     cooccurrence_weight: float = 0.0
 

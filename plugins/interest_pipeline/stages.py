@@ -322,3 +322,71 @@ def _warn_if_model_changed(con: Any, model_id: str) -> None:
             model_id,
             ", ".join(r[0] for r in other),
         )
+
+
+# Sharded embedding for many workers: plan (reads the warehouse), encode each shard anywhere
+# (touches no warehouse), merge (the single writer). Together they equal embed_new_texts.
+
+
+def plan_embedding_shards(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> list[str]:
+    """Write the interval's pending texts to Parquet shards; return their paths (maybe none)."""
+    from interest_pipeline import embeddings
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+    with open_warehouse(s.warehouse_path, read_only=True) as con:
+        paths = embeddings.write_text_shards(
+            con, model_id, to_utc_naive(start),
+            embeddings.shard_dir(s.data_dir, to_utc_naive(start)),
+        )
+    return [str(p) for p in paths]
+
+
+def embed_text_shard(texts_path: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Encode one shard to Parquet (runs on any worker; never opens the warehouse)."""
+    from interest_pipeline import embeddings
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+    started = time.perf_counter()
+    out, n = embeddings.embed_text_shard(
+        texts_path,
+        model_id,
+        lambda: embeddings.load_encoder(s.model, s.embed_batch_size),
+    )
+    return {"vectors": str(out), "texts": n, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def merge_text_embeddings(
+    start: datetime,
+    end: datetime,
+    shard_results: Any,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Insert the encoded shards into text_embeddings (the fan-out's single writer).
+
+    ``embed_seconds`` adds the shards' encoding time to the merge's own, so pipeline_runs
+    shows the work done, not the wall time of parallel shards.
+    """
+    import shutil
+
+    from interest_pipeline import embeddings
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+    shards = sorted(shard_results or [], key=lambda r: r["vectors"])
+    started = time.perf_counter()
+    with open_warehouse(s.warehouse_path) as con:
+        n = embeddings.merge_text_shards(con, [r["vectors"] for r in shards])
+    shutil.rmtree(embeddings.shard_dir(s.data_dir, to_utc_naive(start)), ignore_errors=True)
+    seconds = time.perf_counter() - started + sum(r["seconds"] for r in shards)
+    return {
+        "texts_embedded": n,
+        "model_id": model_id,
+        "embed_shards": len(shards),
+        "embed_seconds": round(seconds, 3),
+    }

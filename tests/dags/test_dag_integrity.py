@@ -70,11 +70,17 @@ def test_dag_is_hourly_in_order_with_retries_and_tags(parsed):
     assert parsed["tags"]
     assert parsed["doc_md"]
     assert all(r >= 1 for r in parsed["retries"].values())
-    assert set(parsed["pools"].values()) == {"duckdb_writer"}
     assert set(parsed["retries"]) == {
-        "ingest_landing_partition", "build_dbt_models", "embed_new_texts",
-        "update_user_vectors", "write_recommendations", "record_run_stats", "publish_snapshot",
+        "ingest_landing_partition", "build_dbt_models", "plan_embedding_shards",
+        "embed_text_shard", "merge_text_embeddings", "update_user_vectors",
+        "write_recommendations", "record_run_stats", "publish_snapshot",
     }
+
+
+def test_every_task_that_opens_the_warehouse_is_in_the_one_slot_writer_pool(parsed):
+    # Only the embedding shards run in parallel: they read and write Parquet, never DuckDB.
+    shared = {t for t, pool in parsed["pools"].items() if pool != "duckdb_writer"}
+    assert shared == {"embed_text_shard"}
 
 
 def test_dag_file_name_is_the_dag_id():

@@ -18,10 +18,15 @@ H0 = datetime(2024, 3, 1, 10)
 H1 = H0 + timedelta(hours=1)
 
 
-def _run(con, fake_encoder, top_n=3):
+# The single-vector cosine ranking these tests were written for; the tuned defaults blend in
+# more (tested below and in test_evaluation / the offline evaluation).
+CONTENT_ONLY = ScoringConfig(content_weight=1.0, interests_weight=0.0, popularity_weight=0.0)
+
+
+def _run(con, fake_encoder, top_n=3, config=CONTENT_ONLY):
     embed_new_texts(con, "fake", lambda: fake_encoder, H0)
     update_user_vectors(con, "fake", H0, H1, 24.0)
-    return write_recommendations(con, "fake", H0, H1, top_n, 24.0, 100)
+    return write_recommendations(con, "fake", H0, H1, top_n, 24.0, 100, config)
 
 
 def _catalogue(con):
@@ -77,15 +82,15 @@ def test_rerun_replaces_the_interval(con, fake_encoder):
     _run(con, fake_encoder)
     before = table_contents(con, "recommendations")
     assert len(before) == 4  # u1: m2, m3; u2: m4, m5 (only positive scores qualify)
-    write_recommendations(con, "fake", H0, H1, 3, 24.0, 100)
+    write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, CONTENT_ONLY)
     assert table_contents(con, "recommendations") == before
 
 
 def test_a_user_known_only_from_a_cancellation_gets_no_recommendations(con, fake_encoder):
     _catalogue(con)
     add_event(con, "e1", "u1", "purchase", H0, H0, item_id="m1", weight=-3.0)
-    counts = _run(con, fake_encoder)
-    assert counts["recommendations_written"] == 0
+    assert _run(con, fake_encoder)["recommendations_written"] == 0
+    assert _run(con, fake_encoder, config=ScoringConfig())["recommendations_written"] == 0
 
 
 def _scores(con, user):
@@ -103,6 +108,22 @@ def test_scoring_config_reads_the_environment(monkeypatch):
     assert config.popularity_weight == 0.25
     assert config.interests_power == 4.0
     assert config.content_weight == ScoringConfig().content_weight
+
+
+def test_behaviour_term_adds_co_occurring_items(con, fake_encoder):
+    _catalogue(con)
+    add_event(con, "e1", "u1", "rate", H0, H0, item_id="m1", weight=3.0)
+    add_event(con, "e2", "u2", "rate", H0, H0, item_id="m1", weight=3.0)
+    add_event(con, "e3", "u2", "rate", H0, H0, item_id="m3", weight=3.0)
+    _run(con, fake_encoder)
+    assert list(_scores(con, "u1"))[:2] == ["m2", "m3"]  # tie on similarity
+    config = ScoringConfig(
+        content_weight=1.0, interests_weight=0.0, popularity_weight=0.0, cooccurrence_weight=0.5
+    )
+    write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, config)
+    scores = _scores(con, "u1")
+    assert list(scores)[:2] == ["m3", "m2"]  # u2 engaged with m1 and m3
+    assert scores["m3"] == pytest.approx(scores["m2"] + 0.5)
 
 
 def test_popularity_prior_breaks_a_tie_towards_the_popular_item(con, fake_encoder):

@@ -1,6 +1,6 @@
 {#-
     `unique` for a per-interval incremental model without scanning every row of history each
-    hour: the keys of the current interval (--vars interval_start) must each occur once in the
+    hour: the keys of the current interval (the run's interval_start) must each occur once in the
     whole table, i.e. neither twice in this hour nor already in another hour.
 -#}
 {% test unique_across_intervals(model, column_name, interval_column='interval_start') %}

@@ -1,0 +1,224 @@
+"""1. Embedding: the pipeline's step against a bare encode, against the machine's matmul rate,
+the cache (a rerun embeds nothing), and cheaper backends with their agreement with float32.
+
+Also builds the seed warehouse the later sections copy (sample hour 08 through every stage).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    HOUR,
+    SEED_HOUR,
+    WORK_DIR,
+    Section,
+    median,
+    replay_seed,
+    run_hour,
+    section_main,
+    settings_for,
+    timed,
+)
+
+# About 21 MFLOP per token: 6 layers x (4 x 384^2 attention projections + 2 x 384 x 1536 FFN)
+# multiply-adds x 2 FLOP; attention scores add little at these lengths.
+FLOP_PER_TOKEN = 21e6
+AGREEMENT_FLOOR = 0.99
+
+
+def matmul_rate(size: int = 2048, seconds: float = 3.0) -> dict[str, Any]:
+    """Float32 GEMM rate (FLOP/s) of torch and numpy in this process; the best is the ceiling."""
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_info
+
+    rates = {}
+    a32 = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    for name, mm, a in (
+        ("torch", torch.matmul, torch.from_numpy(a32)),
+        ("numpy", np.matmul, a32),
+    ):
+        mm(a, a)  # warm-up
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            mm(a, a)
+            n += 1
+        rates[name] = 2 * size**3 * n / (time.perf_counter() - started)
+    return {
+        "flops": max(rates.values()),
+        "by_library": rates,
+        "torch_threads": torch.get_num_threads(),
+        "threadpools": [
+            {k: p.get(k) for k in ("internal_api", "num_threads", "architecture", "version")}
+            for p in threadpool_info()
+        ],
+        "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+    }
+
+
+def _cosine_agreement(reference: Any, other: Any) -> dict[str, float]:
+    import numpy as np
+
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    oth = other / np.linalg.norm(other, axis=1, keepdims=True)
+    cos = (ref * oth).sum(axis=1)
+    return {"min": float(cos.min()), "mean": float(cos.mean()), "p01": float(np.quantile(cos, 0.01))}
+
+
+def _encode(model: Any, texts: list[str], batch_size: int) -> Any:
+    return model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+
+
+def _backends(model: Any, load_path: str, texts: list[str], batch_size: int) -> dict[str, Any]:
+    """float32 torch (reference), int8 dynamic quantisation, bf16, ONNX and OpenVINO."""
+    import torch
+
+    out: dict[str, Any] = {}
+    seconds, reference = timed(_encode, model, texts, batch_size)
+    out["float32"] = {"texts_per_s": len(texts) / seconds, "agreement": {"min": 1.0, "mean": 1.0}}
+
+    def measure(name: str, encode: Any) -> None:
+        try:
+            encode(texts[:32])  # warm-up (and the error, if the backend cannot run)
+            seconds, vectors = timed(encode, texts)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
+            out[name] = {"available": False, "reason": f"{type(exc).__name__}: {exc}"[:300]}
+            return
+        out[name] = {
+            "available": True,
+            "texts_per_s": len(texts) / seconds,
+            "agreement": _cosine_agreement(reference, vectors),
+        }
+
+    quantized = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    measure("int8 (torch dynamic)", lambda t: _encode(quantized, t, batch_size))
+
+    def bf16(t: list[str]) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _encode(model, t, batch_size)
+
+    measure("bf16 (torch autocast)", bf16)
+
+    for backend in ("onnx", "openvino"):
+        def load_and_encode(t: list[str], backend: str = backend) -> Any:
+            from sentence_transformers import SentenceTransformer
+
+            key = f"_model_{backend}"
+            if key not in out:
+                out[key] = SentenceTransformer(load_path, device="cpu", backend=backend)
+            return _encode(out[key], t, batch_size)
+
+        measure(backend, load_and_encode)
+        out.pop(f"_model_{backend}", None)
+    for result in out.values():
+        if result.get("available", True) and "texts_per_s" in result:
+            result["speedup"] = result["texts_per_s"] / out["float32"]["texts_per_s"]
+            result["adoptable"] = result["agreement"]["min"] >= AGREEMENT_FLOOR
+    return out
+
+
+def run(args: Any) -> Section:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from interest_pipeline import embeddings, stages
+    from interest_pipeline.warehouse import fetch_one, open_warehouse
+
+    section = Section("embedding")
+    seed = WORK_DIR / "seed"
+    if seed.exists():
+        shutil.rmtree(seed)
+    settings = settings_for(seed)
+    replay_seed(settings.landing_dir)
+    start, end = SEED_HOUR, SEED_HOUR + HOUR
+    run_hour(settings, start, ("ingest", "dbt"), record=False)
+
+    model_id, load_path = embeddings.resolve_model(settings.model)
+    load_seconds, encoder = timed(
+        embeddings.load_encoder, settings.model, settings.embed_batch_size
+    )
+    with open_warehouse(settings.warehouse_path) as con:
+        texts = [t for _, t in embeddings.pending_texts(con, model_id, start)]
+    tokens = int(encoder.model.tokenize(texts)["attention_mask"].sum())
+    batch = settings.embed_batch_size
+
+    # Bare encode and the pipeline step alternate (twice each) so both see the same load.
+    bare, step = [], []
+    for _ in range(2):
+        seconds, _ = timed(_encode, encoder.model, texts, batch)
+        bare.append(seconds)
+        with open_warehouse(settings.warehouse_path) as con:
+            con.execute("delete from text_embeddings")
+        seconds, result = timed(stages.embed_new_texts, start, end, settings)
+        step.append(seconds)
+        assert result["texts_embedded"] == len(texts), (result, len(texts))
+    bare_rate = len(texts) / median(bare)
+    step_rate = len(texts) / median(step)
+    rerun_seconds, rerun = timed(stages.embed_new_texts, start, end, settings)
+    with open_warehouse(settings.warehouse_path) as con:
+        (cached,) = fetch_one(con, "select count(*) from text_embeddings where model_id = ?",
+                              [model_id])
+
+    section.add("pipeline embed step, texts/s", round(step_rate, 1), "texts/s",
+                baseline=round(bare_rate, 1), baseline_metric="bare SentenceTransformer.encode",
+                note=f"{len(texts)} item documents, {tokens} tokens, batch {batch}")
+    tokens_per_s = tokens / median(step)
+    mm = matmul_rate()
+    model_flops = tokens_per_s * FLOP_PER_TOKEN
+    section.add("pipeline embed step, model FLOP/s", round(model_flops / 1e9, 2), "GFLOP/s",
+                baseline=round(mm["flops"] / 1e9, 1),
+                baseline_metric="float32 matmul rate (same run)",
+                note=f"{tokens_per_s:.0f} tokens/s x 21 MFLOP/token; ceiling "
+                     f"{mm['flops'] / FLOP_PER_TOKEN:.0f} tokens/s")
+    section.add("rerun of an embedded interval: texts embedded", rerun["texts_embedded"], "texts",
+                baseline=len(texts), baseline_metric="texts embedded by the first run",
+                note=f"{rerun_seconds:.2f} s; {cached} texts cached")
+    section.add("model load (once per process)", round(load_seconds, 2), "s",
+                baseline=round(median(step), 2), baseline_metric="embed step")
+
+    backends = _backends(encoder.model, load_path, texts, batch)
+    for name, result in backends.items():
+        if name == "float32":
+            continue
+        if not result.get("available", True):
+            section.add(f"backend {name}", "not available", note=result["reason"][:120])
+            continue
+        section.add(
+            f"backend {name}, texts/s", round(result["texts_per_s"], 1), "texts/s",
+            baseline=round(backends["float32"]["texts_per_s"], 1),
+            baseline_metric="float32 torch",
+            note=f"cosine vs float32 min {result['agreement']['min']:.4f} mean "
+                 f"{result['agreement']['mean']:.4f}: "
+                 + ("adoptable (>= 0.99)" if result["adoptable"] else "NOT adoptable (< 0.99)"),
+        )
+
+    # Finish the seed hour (fold, recommend, stats) so later sections can copy it.
+    run_hour(settings, start, ("fold", "recommend"))
+    (seed / "ready").write_text("ok")
+    section.details = {
+        "texts": len(texts),
+        "tokens": tokens,
+        "bare_seconds": bare,
+        "step_seconds": step,
+        "matmul": mm,
+        "backends": backends,
+        "rerun_seconds": rerun_seconds,
+    }
+    return section
+
+
+if __name__ == "__main__":
+    section_main(run)

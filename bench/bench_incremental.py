@@ -1,0 +1,130 @@
+"""2. Incremental cost: one hourly run at a fixed number of events after 10, 100 and 1,000 hours
+of accumulated history. The cost must follow the hour's events, not the history:
+last/first <= 1.2.
+
+History is written straight into the tables: one real hour (the template, sample events run
+through every stage) is copied by SQL to the hours before it, with new event ids and the same
+users (the hardest case: every user's history grows with every hour).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    HOUR,
+    PIPELINE_STAGES,
+    SEED_HOUR,
+    WORK_DIR,
+    Section,
+    build_seed,
+    clone_data_dir,
+    median,
+    run_hour,
+    sample_events,
+    section_main,
+    settings_for,
+    timed,
+    write_events_partition,
+)
+
+EVENTS_PER_HOUR = 1000
+MAX_RATIO = 1.2
+
+# (table, expressions replacing columns: every time moves back k hours, event ids get a suffix)
+_HISTORY = {
+    "raw.event_lines": {"interval_start": None, "interval_end": None},
+    "main.stg_landing__events": {"event_id": "id", "event_at": None, "interval_start": None},
+    "main.user_item_interactions": {"event_id": "id", "event_at": None, "interval_start": None},
+    "main.quarantine": {"interval_start": None, "interval_end": None},
+    "main.user_interest_vectors": {"as_of": None, "last_event_at": None},
+    "main.recommendations": {"as_of": None},
+    "main.pipeline_runs": {"interval_start": None, "interval_end": None},
+}
+_KEY = {"main.user_interest_vectors": "as_of", "main.recommendations": "as_of"}
+
+
+def write_history(warehouse: Path, template_start: datetime, hours: int) -> dict[str, int]:
+    """Copy the template hour's rows to the ``hours - 1`` hours before it. Returns row counts."""
+    from interest_pipeline.warehouse import open_warehouse, transaction
+
+    counts = {}
+    with open_warehouse(warehouse) as con, transaction(con):
+        for table, columns in _HISTORY.items():
+            key = _KEY.get(table, "interval_start")
+            value = template_start + HOUR if key == "as_of" else template_start
+            replace = ", ".join(
+                f"t.{col} || '~h' || r.k as {col}" if kind == "id"
+                else f"t.{col} - to_hours(r.k) as {col}"
+                for col, kind in columns.items()
+            )
+            con.execute(
+                f"insert into {table} select t.* replace ({replace}) "
+                f"from {table} as t, range(1, ?) as r(k) where t.{key} = ?",
+                [hours, value],
+            )
+            (n,) = con.execute(f"select count(*) from {table}").fetchall()[0]
+            counts[table] = n
+        con.execute("checkpoint")
+    return counts
+
+
+def run(args: Any) -> Section:
+    section = Section("incremental cost")
+    seed = build_seed(WORK_DIR)
+    sample = sample_events(seed / "landing")
+    levels = (10, 100) if args.quick else (10, 100, 1000)
+    first_measured = SEED_HOUR + 1001 * HOUR  # after the longest history, for every level
+    per_level: dict[int, dict[str, Any]] = {}
+    for level in levels:
+        data = clone_data_dir(seed, WORK_DIR / f"incremental_{level}")
+        settings = settings_for(data)
+        template = first_measured - HOUR
+        write_events_partition(settings.landing_dir, template, sample, EVENTS_PER_HOUR, "t0",
+                               new_users=False)
+        run_hour(settings, template)
+        history_seconds, counts = timed(write_history, settings.warehouse_path, template, level)
+        runs = []
+        for i in range(2):
+            hour = first_measured + i * HOUR
+            write_events_partition(settings.landing_dir, hour, sample, EVENTS_PER_HOUR,
+                                   f"m{i}", new_users=False)
+            runs.append(run_hour(settings, hour))
+        per_level[level] = {
+            "hours_of_history": level,
+            "rows_after_history": counts,
+            "history_write_seconds": history_seconds,
+            "runs": runs,
+            "median_total": median(r["total_wall"] for r in runs),
+            "median_by_stage": {
+                s: median(r[f"{s}_wall"] for r in runs) for s in (*PIPELINE_STAGES, "record")
+            },
+        }
+    first, last = levels[0], levels[-1]
+    base = per_level[first]
+    for level in levels[1:]:
+        cur = per_level[level]
+        row = section.add(
+            f"hourly run, {EVENTS_PER_HOUR} events, after {level} h of history",
+            round(cur["median_total"], 2), "s",
+            baseline=round(base["median_total"], 2),
+            baseline_metric=f"same after {first} h",
+            note="; ".join(
+                f"{s} x{cur['median_by_stage'][s] / max(base['median_by_stage'][s], 1e-3):.2f}"
+                for s in ("ingest", "dbt", "fold", "recommend")
+            ),
+        )
+        if level == last:
+            row.note = (f"{'OK' if row.ratio <= MAX_RATIO else 'ABOVE'} target <= {MAX_RATIO}; "
+                        + row.note)
+    section.details = {"events_per_hour": EVENTS_PER_HOUR, "levels": per_level}
+    return section
+
+
+if __name__ == "__main__":
+    section_main(run)
