@@ -21,6 +21,7 @@ from common import (  # noqa: E402
     SEED_HOUR,
     WORK_DIR,
     Section,
+    embed_step,
     median,
     replay_seed,
     run_hour,
@@ -41,22 +42,30 @@ def matmul_rate(size: int = 2048, seconds: float = 3.0) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_info
 
+    from threadpoolctl import threadpool_limits
+
     rates = {}
     a32 = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    for name, mm, a in (
-        ("torch", torch.matmul, torch.from_numpy(a32)),
-        ("numpy", np.matmul, a32),
-    ):
-        mm(a, a)  # warm-up
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            mm(a, a)
-            n += 1
-        rates[name] = 2 * size**3 * n / (time.perf_counter() - started)
+    default_threads = torch.get_num_threads()
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        with threadpool_limits(limits=threads):
+            for name, mm, a in (
+                ("torch", torch.matmul, torch.from_numpy(a32)),
+                ("numpy", np.matmul, a32),
+            ):
+                mm(a, a)  # warm-up
+                n, started = 0, time.perf_counter()
+                while time.perf_counter() - started < seconds:
+                    mm(a, a)
+                    n += 1
+                rates[f"{name}, {threads} thread(s)"] = (
+                    2 * size**3 * n / (time.perf_counter() - started))
+    torch.set_num_threads(default_threads)
     return {
         "flops": max(rates.values()),
         "by_library": rates,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": default_threads,
         "threadpools": [
             {k: p.get(k) for k in ("internal_api", "num_threads", "architecture", "version")}
             for p in threadpool_info()
@@ -71,7 +80,11 @@ def _cosine_agreement(reference: Any, other: Any) -> dict[str, float]:
     ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     oth = other / np.linalg.norm(other, axis=1, keepdims=True)
     cos = (ref * oth).sum(axis=1)
-    return {"min": float(cos.min()), "mean": float(cos.mean()), "p01": float(np.quantile(cos, 0.01))}
+    return {
+        "min": float(cos.min()),
+        "mean": float(cos.mean()),
+        "p01": float(np.quantile(cos, 0.01)),
+    }
 
 
 def _encode(model: Any, texts: list[str], batch_size: int) -> Any:
@@ -134,7 +147,7 @@ def _backends(model: Any, load_path: str, texts: list[str], batch_size: int) -> 
 def run(args: Any) -> Section:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from interest_pipeline import embeddings, stages
+    from interest_pipeline import embeddings
     from interest_pipeline.warehouse import fetch_one, open_warehouse
 
     section = Section("embedding")
@@ -162,12 +175,12 @@ def run(args: Any) -> Section:
         bare.append(seconds)
         with open_warehouse(settings.warehouse_path) as con:
             con.execute("delete from text_embeddings")
-        seconds, result = timed(stages.embed_new_texts, start, end, settings)
+        seconds, result = timed(embed_step, start, end, settings)
         step.append(seconds)
         assert result["texts_embedded"] == len(texts), (result, len(texts))
     bare_rate = len(texts) / median(bare)
     step_rate = len(texts) / median(step)
-    rerun_seconds, rerun = timed(stages.embed_new_texts, start, end, settings)
+    rerun_seconds, rerun = timed(embed_step, start, end, settings)
     with open_warehouse(settings.warehouse_path) as con:
         (cached,) = fetch_one(con, "select count(*) from text_embeddings where model_id = ?",
                               [model_id])
@@ -189,7 +202,26 @@ def run(args: Any) -> Section:
     section.add("model load (once per process)", round(load_seconds, 2), "s",
                 baseline=round(median(step), 2), baseline_metric="embed step")
 
-    backends = _backends(encoder.model, load_path, texts, batch)
+    # Under CPU contention (a shared machine) OpenMP threads that spin-wait on each other can
+    # make torch's default thread count far slower than one thread: measure both.
+    import torch
+
+    default_threads = torch.get_num_threads()
+    by_threads = {}
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        seconds, _ = timed(_encode, encoder.model, texts, batch)
+        by_threads[threads] = len(texts) / seconds
+    torch.set_num_threads(default_threads)
+    if default_threads != 1:
+        section.add("bare encode, torch 1 thread, texts/s", round(by_threads[1], 1), "texts/s",
+                    baseline=round(by_threads[default_threads], 1),
+                    baseline_metric=f"torch default ({default_threads} threads)",
+                    note=f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    # The same texts, the first 800 of them (ordered by hash: an unbiased subset), to keep
+    # the suite within its time budget.
+    backends = _backends(encoder.model, load_path, texts[:800], batch)
     for name, result in backends.items():
         if name == "float32":
             continue
@@ -216,6 +248,7 @@ def run(args: Any) -> Section:
         "matmul": mm,
         "backends": backends,
         "rerun_seconds": rerun_seconds,
+        "texts_per_s_by_torch_threads": by_threads,
     }
     return section
 

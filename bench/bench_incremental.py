@@ -54,24 +54,29 @@ def write_history(warehouse: Path, template_start: datetime, hours: int) -> dict
     from interest_pipeline.warehouse import open_warehouse, transaction
 
     counts = {}
-    with open_warehouse(warehouse) as con, transaction(con):
-        for table, columns in _HISTORY.items():
-            key = _KEY.get(table, "interval_start")
-            value = template_start + HOUR if key == "as_of" else template_start
-            replace = ", ".join(
-                f"t.{col} || '~h' || r.k as {col}" if kind == "id"
-                else f"t.{col} - to_hours(r.k) as {col}"
-                for col, kind in columns.items()
-            )
-            con.execute(
-                f"insert into {table} select t.* replace ({replace}) "
-                f"from {table} as t, range(1, ?) as r(k) where t.{key} = ?",
-                [hours, value],
-            )
-            (n,) = con.execute(f"select count(*) from {table}").fetchall()[0]
-            counts[table] = n
+    with open_warehouse(warehouse) as con:
+        with transaction(con):
+            _copy_template(con, template_start, hours, counts)
         con.execute("checkpoint")
     return counts
+
+
+def _copy_template(con: Any, template_start: datetime, hours: int, counts: dict) -> None:
+    for table, columns in _HISTORY.items():
+        key = _KEY.get(table, "interval_start")
+        value = template_start + HOUR if key == "as_of" else template_start
+        replace = ", ".join(
+            f"t.{col} || '~h' || r.k as {col}" if kind == "id"
+            else f"t.{col} - to_hours(r.k) as {col}"
+            for col, kind in columns.items()
+        )
+        con.execute(
+            f"insert into {table} select t.* replace ({replace}) "
+            f"from {table} as t, range(1, ?) as r(k) where t.{key} = ?",
+            [hours, value],
+        )
+        (n,) = con.execute(f"select count(*) from {table}").fetchall()[0]
+        counts[table] = n
 
 
 def run(args: Any) -> Section:
@@ -81,29 +86,34 @@ def run(args: Any) -> Section:
     levels = (10, 100) if args.quick else (10, 100, 1000)
     first_measured = SEED_HOUR + 1001 * HOUR  # after the longest history, for every level
     per_level: dict[int, dict[str, Any]] = {}
+    template = first_measured - HOUR
     for level in levels:
-        data = clone_data_dir(seed, WORK_DIR / f"incremental_{level}")
-        settings = settings_for(data)
-        template = first_measured - HOUR
+        settings = settings_for(clone_data_dir(seed, WORK_DIR / f"incremental_{level}"))
         write_events_partition(settings.landing_dir, template, sample, EVENTS_PER_HOUR, "t0",
                                new_users=False)
         run_hour(settings, template)
         history_seconds, counts = timed(write_history, settings.warehouse_path, template, level)
-        runs = []
-        for i in range(2):
-            hour = first_measured + i * HOUR
-            write_events_partition(settings.landing_dir, hour, sample, EVENTS_PER_HOUR,
-                                   f"m{i}", new_users=False)
-            runs.append(run_hour(settings, hour))
         per_level[level] = {
+            "settings": settings,
             "hours_of_history": level,
             "rows_after_history": counts,
             "history_write_seconds": history_seconds,
-            "runs": runs,
-            "median_total": median(r["total_wall"] for r in runs),
-            "median_by_stage": {
-                s: median(r[f"{s}_wall"] for r in runs) for s in (*PIPELINE_STAGES, "record")
-            },
+            "runs": [],
+        }
+    # The levels take turns, hour by hour, so a change in the machine's load hits all of them.
+    for i in range(2 if args.quick else 3):
+        hour = first_measured + i * HOUR
+        for level in levels:
+            settings = per_level[level]["settings"]
+            write_events_partition(settings.landing_dir, hour, sample, EVENTS_PER_HOUR,
+                                   f"m{i}", new_users=False)
+            per_level[level]["runs"].append(run_hour(settings, hour))
+    for entry in per_level.values():
+        del entry["settings"]
+        runs = entry["runs"]
+        entry["median_total"] = median(r["total_wall"] for r in runs)
+        entry["median_by_stage"] = {
+            s: median(r[f"{s}_wall"] for r in runs) for s in (*PIPELINE_STAGES, "record")
         }
     first, last = levels[0], levels[-1]
     base = per_level[first]

@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -144,24 +143,37 @@ def _memory_gb() -> float | None:
 # --- the pipeline, stage by stage, in this process ------------------------------------------
 
 def settings_for(data_dir: Path, warehouse: Path | None = None) -> Any:
-    """Settings of a private pipeline instance (its own warehouse, landing zone, dbt target)."""
-    from interest_pipeline.config import Settings, get_settings
+    """Settings of a private pipeline instance (its own warehouse, landing zone, dbt target);
+    every tunable as configured in the environment."""
+    import dataclasses
 
-    base = get_settings()
-    return Settings(
+    from interest_pipeline.config import get_settings
+
+    return dataclasses.replace(
+        get_settings(),
         data_dir=data_dir,
         warehouse_path=warehouse or data_dir / "warehouse.duckdb",
         landing_dir=data_dir / "landing",
         airflow_home=data_dir / "airflow",
-        model=base.model,
-        half_life_hours=base.half_life_hours,
-        top_n=base.top_n,
-        embed_batch_size=base.embed_batch_size,
-        evidence_events=base.evidence_events,
     )
 
 
 PIPELINE_STAGES = ("ingest", "dbt", "embed", "fold", "recommend")
+
+
+def embed_step(start: datetime, end: datetime, settings: Any) -> dict[str, Any]:
+    """The DAG's embedding step in this process: plan shards, encode each, merge.
+
+    (The DAG maps embed_text_shard over the shards; here they run one after another.) Falls
+    back to stages.embed_new_texts where the package has no sharded path.
+    """
+    from interest_pipeline import stages
+
+    if not hasattr(stages, "plan_embedding_shards"):
+        return stages.embed_new_texts(start, end, settings)
+    shards = stages.plan_embedding_shards(start, end, settings)
+    results = [stages.embed_text_shard(path, settings) for path in shards]
+    return stages.merge_text_embeddings(start, end, results, settings)
 
 
 def run_hour(
@@ -177,7 +189,7 @@ def run_hour(
     functions = {
         "ingest": stages.ingest_landing_partition,
         "dbt": stages.build_dbt_models,
-        "embed": stages.embed_new_texts,
+        "embed": embed_step,
         "fold": stages.update_user_vectors,
         "recommend": stages.write_recommendations,
     }
@@ -277,7 +289,3 @@ def clone_data_dir(seed: Path, target: Path, with_landing: bool = False) -> Path
     else:
         (target / "landing").mkdir()
     return target
-
-
-def python() -> str:
-    return sys.executable

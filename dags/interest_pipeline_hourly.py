@@ -16,8 +16,10 @@ Every hour, for the data interval `[H, H+1h)` (UTC):
 4. **update_user_vectors** folds the hour's events into time-decaying interest vectors and
    writes a version `as_of = data_interval_end` for each user whose vector changed.
 5. **write_recommendations** writes the top-N items per changed user with score and evidence.
-6. **record_run_stats** writes the interval's row of `pipeline_runs`.
-7. **publish_snapshot** copies the warehouse to `<warehouse>.snapshot`, which the `interest`
+6. **evaluate_recommendations** scores the recommendations of one horizon (24 h) ago, and the
+   baselines, against the events since (`evaluation`).
+7. **record_run_stats** writes the interval's row of `pipeline_runs`.
+8. **publish_snapshot** copies the warehouse to `<warehouse>.snapshot`, which the `interest`
    CLI reads while a later run holds the (single-writer) DuckDB file.
 
 Every task replaces exactly its interval's rows, so reruns and backfills are idempotent. Runs
@@ -99,11 +101,21 @@ def interest_pipeline_hourly() -> None:
         return stages.write_recommendations(data_interval_start, data_interval_end)
 
     @task
+    def evaluate_recommendations(data_interval_start=None, data_interval_end=None) -> dict:
+        """Score the recommendations of one horizon ago and the baselines against later events."""
+        return stages.evaluate_recommendations(data_interval_start, data_interval_end)
+
+    @task
     def record_run_stats(
         results: list[dict], data_interval_start=None, data_interval_end=None
     ) -> dict:
         """Write the interval's run-health row to pipeline_runs."""
         return stages.record_run_stats(data_interval_start, data_interval_end, results)
+
+    @task
+    def publish_snapshot(data_interval_start=None, data_interval_end=None) -> dict:
+        """Publish a read-only copy of the warehouse for the CLI while later runs write."""
+        return stages.publish_snapshot(data_interval_start, data_interval_end)
 
     ingested = ingest_landing_partition()
     built = build_dbt_models()
@@ -111,14 +123,12 @@ def interest_pipeline_hourly() -> None:
     embedded = merge_text_embeddings(embed_text_shard.expand(texts_path=planned))
     folded = update_user_vectors()
     recommended = write_recommendations()
-    @task
-    def publish_snapshot(data_interval_start=None, data_interval_end=None) -> dict:
-        """Publish a read-only copy of the warehouse for the CLI while later runs write."""
-        return stages.publish_snapshot(data_interval_start, data_interval_end)
+    evaluated = evaluate_recommendations()
 
     ingested >> built >> planned
-    embedded >> folded >> recommended
-    record_run_stats([ingested, built, embedded, folded, recommended]) >> publish_snapshot()
+    embedded >> folded >> recommended >> evaluated
+    stats = record_run_stats([ingested, built, embedded, folded, recommended, evaluated])
+    stats >> publish_snapshot()
 
 
 interest_pipeline_hourly()

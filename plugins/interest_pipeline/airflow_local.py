@@ -9,9 +9,9 @@ The scale-out configuration runs without containers too: with
 results in PostgreSQL, Redis as broker) ``start`` adds ``$INTEREST_CELERY_WORKERS`` (default 1)
 ``airflow celery worker`` processes. docker-compose.yml runs the same configuration.
 
-Usage: ``interest-airflow start|stop|status|prepare`` (``make airflow-start`` /
+Usage: ``interest-airflow start|stop|status|prepare|env`` (``make airflow-start`` /
 ``make airflow-stop``; ``prepare`` = migrate the metadata DB and create the writer pool, what
-the compose file's ``airflow-init`` runs).
+the compose file's ``airflow-init`` runs; ``env`` prints the environment as shell exports).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def celery_env(
     return {
         "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{postgres}/{database}",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{postgres}/{database}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{postgres}/{database}",
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
     }
@@ -188,6 +189,12 @@ def start(env: dict[str, str] | None = None, timeout: float = 180.0) -> dict[str
             log.info("started airflow %s (pid %d)", component, pid)
         pids[component] = pid
     _wait_for_api(env, timeout)
+    dead = [c for c, pid in pids.items() if not _alive(pid)]
+    if dead:  # e.g. a worker or scheduler that cannot load its executor exits at once
+        raise RuntimeError(
+            f"airflow {', '.join(dead)} exited right after starting; see "
+            + ", ".join(str(_log_dir(env) / f"{c}.log") for c in dead)
+        )
     return pids
 
 
@@ -293,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Start, stop or inspect the local Airflow (scheduler, dag-processor, "
         "api-server, triggerer; SQLite + LocalExecutor under $AIRFLOW_HOME; with "
         "AIRFLOW__CORE__EXECUTOR=CeleryExecutor also $INTEREST_CELERY_WORKERS celery workers). "
-        "prepare: migrate the metadata DB and create the one-slot writer pool.",
+        "prepare: migrate the metadata DB and create the one-slot writer pool. "
+        "env: print the environment as export lines (eval \"$(interest-airflow env)\").",
     )
-    parser.add_argument("action", choices=("start", "stop", "status", "prepare"))
+    parser.add_argument("action", choices=("start", "stop", "status", "prepare", "env"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = local_env()
@@ -305,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"UI: {env['AIRFLOW__API__BASE_URL']}  (DAG {DAG_ID}; admin password in "
               f"{Path(env['AIRFLOW_HOME']) / 'simple_auth_manager_passwords.json.generated'})")
         print(f"logs: {_log_dir(env)}")
+    elif args.action == "env":
+        for key in sorted(k for k in env if k.startswith(("AIRFLOW", "INTEREST_"))):
+            print(f"export {key}={shlex.quote(env[key])}")
     elif args.action == "prepare":
         prepare(env)
         print(f"metadata DB migrated; pool {POOL} has 1 slot")

@@ -808,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Query the interest-pipeline warehouse (read-only).\nWhile the pipeline "
-        "writes, commands read the snapshot published by its last run and say so on stderr.",
+        "writes, commands read the snapshot published by its last run and say so on stderr.\n"
+        "`interest eval --help`: offline evaluation of the model against baselines.",
         epilog=f"examples:\n{examples}\n\n{EXIT_CODES_HELP}",
         formatter_class=formatter,
     )
@@ -876,6 +877,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     from interest_pipeline.snapshot import WarehouseUnavailableError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        # Offline evaluation builds its own scratch warehouse; it has its own options.
+        from interest_pipeline import eval_cli
+
+        return eval_cli.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed

@@ -15,6 +15,8 @@ runs with no setup; each env var overrides one thing.
 | INTEREST_TOP_N                  | 20                                   |
 | INTEREST_EMBED_BATCH_SIZE       | 64                                   |
 | INTEREST_EVIDENCE_EVENTS        | 100 (latest events a user's evidence is drawn from) |
+| INTEREST_EVAL_HORIZON_HOURS     | 24 (recommendations as of T are judged on (T, T+24h]) |
+| INTEREST_SCORE_*                | scoring weights: see recommendations.ScoringConfig |
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Settings:
     top_n: int
     embed_batch_size: int
     evidence_events: int
+    eval_horizon_hours: float
 
     @property
     def dbt_target_dir(self) -> Path:
@@ -70,6 +73,7 @@ def get_settings() -> Settings:
         top_n=int(os.environ.get("INTEREST_TOP_N", "20")),
         embed_batch_size=int(os.environ.get("INTEREST_EMBED_BATCH_SIZE", "64")),
         evidence_events=int(os.environ.get("INTEREST_EVIDENCE_EVENTS", "100")),
+        eval_horizon_hours=float(os.environ.get("INTEREST_EVAL_HORIZON_HOURS", "24")),
     )
 
 

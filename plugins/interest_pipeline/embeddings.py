@@ -154,26 +154,30 @@ def embed_new_texts(
     interval_start: datetime,
 ) -> int:
     """Embed and store the texts this interval needs that are not cached. Returns how many."""
-    import pyarrow as pa
-
     todo = pending_texts(con, model_id, interval_start)
     if not todo:
         return 0
     encoder = encoder_factory()
     done = 0
     for chunk in _chunks(todo, shard_size()):
-        texts = pa.table(
-            {
-                "model_id": pa.array([model_id] * len(chunk), pa.string()),
-                "text_hash": pa.array([h for h, _ in chunk], pa.string()),
-                "text": pa.array([t for _, t in chunk], pa.string()),
-            }
-        )
         with transaction(con):
-            insert_arrow(con, "text_embeddings", _encode(encoder, texts))
+            insert_arrow(con, "text_embeddings", _encode(encoder, _text_table(model_id, chunk)))
         done += len(chunk)
         log.info("embedded %d/%d new texts with %s", done, len(todo), model_id)
     return len(todo)
+
+
+def _text_table(model_id: str, chunk: list[tuple[str, str]]) -> pa.Table:
+    """(text_hash, text) pairs -> rows (model_id, text_hash, text), as cached and sharded."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "model_id": pa.array([model_id] * len(chunk), pa.string()),
+            "text_hash": pa.array([h for h, _ in chunk], pa.string()),
+            "text": pa.array([t for _, t in chunk], pa.string()),
+        }
+    )
 
 
 def _encode(encoder: Encoder, texts: pa.Table) -> pa.Table:
@@ -191,39 +195,30 @@ def write_text_shards(
     con: duckdb.DuckDBPyConnection,
     model_id: str,
     interval_start: datetime,
-    shard_dir: Path,
+    folder: Path,
 ) -> list[Path]:
     """Write the interval's pending texts to Parquet shards of ``shard_size()`` texts.
 
-    Replaces whatever ``shard_dir`` held (a retried plan starts clean). Returns the shard paths
-    in order; none when nothing is pending, so an hour with nothing new encodes nothing.
+    Replaces whatever ``folder`` (see :func:`shard_dir`) held, so a retried plan starts clean.
+    Returns the shard paths in order; none when nothing is pending, so an hour with nothing new
+    encodes nothing.
     """
     import shutil
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     todo = pending_texts(con, model_id, interval_start)
-    shutil.rmtree(shard_dir, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     if not todo:
         return []
-    shard_dir.mkdir(parents=True)
+    folder.mkdir(parents=True)
     paths = []
     for i, chunk in enumerate(_chunks(todo, shard_size())):
-        path = shard_dir / f"texts-{i:05d}.parquet"
-        pq.write_table(
-            pa.table(
-                {
-                    "model_id": pa.array([model_id] * len(chunk), pa.string()),
-                    "text_hash": pa.array([h for h, _ in chunk], pa.string()),
-                    "text": pa.array([t for _, t in chunk], pa.string()),
-                }
-            ),
-            path,
-        )
+        path = folder / f"texts-{i:05d}.parquet"
+        pq.write_table(_text_table(model_id, chunk), path)
         paths.append(path)
     log.info("%d pending texts for %s in %d shard(s) under %s", len(todo), model_id,
-             len(paths), shard_dir)
+             len(paths), folder)
     return paths
 
 

@@ -19,8 +19,8 @@ Score of item j for user u (weights and knobs are configuration, see :class:`Sco
   user engaged with positively, ``C(i, j)`` = users who engaged with both, scaled to [0, 1] by
   the user's best item.
 - ``prior(j)``: a recency-popularity prior, ``log1p(P_j) / log1p(max P)`` with
-  ``P_j = sum of positive weight * 2 ** (-age / popularity_half_life)`` over everyone's events
-  known at the interval end.
+  ``P_j = sum over the users who engaged positively with j of 2 ** (-age / popularity_half_life)``,
+  age of each user's latest such event, over everyone's events known at the interval end.
 
 Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
 only from cancellations gets no list rather than the items least like what they returned (or
@@ -77,9 +77,9 @@ class ScoringConfig:
     content_weight: float = 0.0
     interests_weight: float = 1.0
     interests_power: float = 16.0
-    popularity_weight: float = 0.1
+    popularity_weight: float = 0.5
     popularity_half_life_hours: float = 168.0
-    cooccurrence_weight: float = 0.0
+    cooccurrence_weight: float = 1.0
 
 
 _ENV = {
@@ -411,17 +411,23 @@ def _popularity_prior(
     interval_end: datetime,
     half_life_hours: float,
 ) -> np.ndarray:
-    """log1p(decayed positive weight per item) / its maximum, over everyone's known events."""
+    """log1p(P_j) / log1p(max P): P_j = users who engaged with j, each decayed by the age of
+    their latest positive event on it (a wholesaler's fifty lines count once)."""
     import numpy as np
 
     rows = con.execute(
         """
+        with engaged as (
+            select user_id, item_id, max(event_at) as last_event_at
+            from user_item_interactions
+            where interval_start <= $start and item_id is not null and weight > 0
+            group by user_id, item_id
+        )
         select
             item_id,
-            sum(weight * pow(2.0, -greatest(date_diff('second', event_at, $end), 0)
+            sum(pow(2.0, -greatest(date_diff('second', last_event_at, $end), 0)
                 / 3600.0 / $half_life)) as popularity
-        from user_item_interactions
-        where interval_start <= $start and item_id is not null and weight > 0
+        from engaged
         group by item_id
         """,
         {"start": interval_start, "end": interval_end, "half_life": half_life_hours},

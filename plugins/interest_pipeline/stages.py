@@ -17,7 +17,7 @@ from interest_pipeline.config import REPO_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "dbt", "embed", "fold", "recommend")
+STAGES = ("ingest", "dbt", "embed", "fold", "recommend", "evaluate")
 
 
 def to_utc_naive(moment: datetime) -> datetime:
@@ -213,6 +213,29 @@ def write_recommendations(
             )
 
     return _timed("recommend", run)
+
+
+def evaluate_recommendations(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Score the recommendations of one horizon ago, and the baselines, against events since.
+
+    In the run for the interval ending at E, the events of (E - horizon, E] are known, so the
+    recommendations as of E - horizon can be judged; rows land in ``evaluation``.
+    """
+    from interest_pipeline import embeddings, evaluation
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+
+    def run() -> dict[str, Any]:
+        with open_warehouse(s.warehouse_path) as con:
+            return evaluation.evaluate_interval(
+                con, to_utc_naive(end), s.eval_horizon_hours, model_id
+            )
+
+    return _timed("evaluate", run)
 
 
 def record_run_stats(

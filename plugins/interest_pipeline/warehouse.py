@@ -92,6 +92,7 @@ create table if not exists pipeline_runs (
     embed_seconds double,
     fold_seconds double,
     recommend_seconds double,
+    evaluate_seconds double,
     model_id varchar not null,
     code_version varchar not null,
     recorded_at timestamp not null

@@ -73,7 +73,8 @@ def test_dag_is_hourly_in_order_with_retries_and_tags(parsed):
     assert set(parsed["retries"]) == {
         "ingest_landing_partition", "build_dbt_models", "plan_embedding_shards",
         "embed_text_shard", "merge_text_embeddings", "update_user_vectors",
-        "write_recommendations", "record_run_stats", "publish_snapshot",
+        "write_recommendations", "evaluate_recommendations", "record_run_stats",
+        "publish_snapshot",
     }
 
 

@@ -133,7 +133,8 @@ def test_a_retried_merge_inserts_nothing_twice(con, fake_encoder, tmp_path, monk
     vectors = [embed_text_shard(p, "fake", lambda: fake_encoder)[0] for p in shards]
     assert merge_text_shards(con, vectors[:1]) == 2  # the merge died after its first shard
     assert merge_text_shards(con, vectors) == 1
-    assert con.execute("select count(*), count(distinct text_hash) from text_embeddings").fetchone() == (3, 3)
+    counts = con.execute("select count(*), count(distinct text_hash) from text_embeddings")
+    assert counts.fetchall() == [(3, 3)]
 
 
 def test_a_shard_is_encoded_only_with_the_model_it_was_planned_for(con, fake_encoder, tmp_path):

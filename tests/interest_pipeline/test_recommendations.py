@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -20,7 +21,9 @@ H1 = H0 + timedelta(hours=1)
 
 # The single-vector cosine ranking these tests were written for; the tuned defaults blend in
 # more (tested below and in test_evaluation / the offline evaluation).
-CONTENT_ONLY = ScoringConfig(content_weight=1.0, interests_weight=0.0, popularity_weight=0.0)
+CONTENT_ONLY = ScoringConfig(
+    content_weight=1.0, interests_weight=0.0, popularity_weight=0.0, cooccurrence_weight=0.0
+)
 
 
 def _run(con, fake_encoder, top_n=3, config=CONTENT_ONLY):
@@ -117,9 +120,7 @@ def test_behaviour_term_adds_co_occurring_items(con, fake_encoder):
     add_event(con, "e3", "u2", "rate", H0, H0, item_id="m3", weight=3.0)
     _run(con, fake_encoder)
     assert list(_scores(con, "u1"))[:2] == ["m2", "m3"]  # tie on similarity
-    config = ScoringConfig(
-        content_weight=1.0, interests_weight=0.0, popularity_weight=0.0, cooccurrence_weight=0.5
-    )
+    config = replace(CONTENT_ONLY, cooccurrence_weight=0.5)
     write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, config)
     scores = _scores(con, "u1")
     assert list(scores)[:2] == ["m3", "m2"]  # u2 engaged with m1 and m3
@@ -134,7 +135,7 @@ def test_popularity_prior_breaks_a_tie_towards_the_popular_item(con, fake_encode
     _run(con, fake_encoder)
     plain = list(_scores(con, "u1"))
     assert plain[:2] == ["m2", "m3"]  # equal similarity: item order breaks the tie
-    prior = ScoringConfig(popularity_weight=0.1, popularity_half_life_hours=24.0)
+    prior = replace(CONTENT_ONLY, popularity_weight=0.1, popularity_half_life_hours=24.0)
     write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, prior)
     scores = _scores(con, "u1")
     assert list(scores)[:2] == ["m3", "m2"]
@@ -145,7 +146,9 @@ def test_several_interests_score_an_item_by_the_interest_it_is_closest_to(con, f
     _catalogue(con)
     add_event(con, "e1", "u1", "search", H0, H0, query_text="aliens", weight=1.0)
     _run(con, fake_encoder)
-    only_interests = ScoringConfig(content_weight=0.0, interests_weight=1.0, interests_power=3.0)
+    only_interests = replace(
+        CONTENT_ONLY, content_weight=0.0, interests_weight=1.0, interests_power=3.0
+    )
     write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, only_interests)
     aliens, m2 = fake_encoder.encode(["aliens", "space adventure aliens"])
     # One contribution: the power mean is its (positive) similarity, whatever the power.

@@ -42,8 +42,10 @@ def _process(settings, hour):
     con = connect(settings.warehouse_path)
     con.execute("delete from pipeline_runs where interval_start = ?", [hour])
     con.execute(
-        "insert into pipeline_runs values (?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
-        "null, null, null, null, null, 'fake', 'test', now()::timestamp)",
+        "insert into pipeline_runs (interval_start, interval_end, event_lines_landed, "
+        "item_lines_landed, events_in, duplicates, quarantined, items_upserted, texts_embedded, "
+        "users_updated, recommendations_written, model_id, code_version, recorded_at) "
+        "values (?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'fake', 'test', now()::timestamp)",
         [hour, end],
     )
     con.close()
