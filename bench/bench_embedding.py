@@ -140,8 +140,18 @@ def _backends(model: Any, load_path: str, texts: list[str], batch_size: int) -> 
     for result in out.values():
         if result.get("available", True) and "texts_per_s" in result:
             result["speedup"] = result["texts_per_s"] / out["float32"]["texts_per_s"]
-            result["adoptable"] = result["agreement"]["min"] >= AGREEMENT_FLOOR
+            result["agrees"] = result["agreement"]["min"] >= AGREEMENT_FLOOR
+            result["adoptable"] = result["agrees"] and result["speedup"] > 1.0
     return out
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    """Adopt a backend only if it agrees with float32 (min cosine >= 0.99) and is faster."""
+    if not result["agrees"]:
+        return f"not adopted: agreement < {AGREEMENT_FLOOR}"
+    if not result["adoptable"]:
+        return "agrees, but not faster: not adopted"
+    return "agrees and faster: adoptable"
 
 
 def run(args: Any) -> Section:
@@ -234,7 +244,7 @@ def run(args: Any) -> Section:
             baseline_metric="float32 torch",
             note=f"cosine vs float32 min {result['agreement']['min']:.4f} mean "
                  f"{result['agreement']['mean']:.4f}: "
-                 + ("adoptable (>= 0.99)" if result["adoptable"] else "NOT adoptable (< 0.99)"),
+                 + _verdict(result),
         )
 
     # Finish the seed hour (fold, recommend, stats) so later sections can copy it.

@@ -301,6 +301,10 @@ def recommend(
             for i in range(cosines.shape[0]):
                 user = users[block + i]
                 lo, hi = ev_bounds.get(user, (0, 0))
+                if not (ev_coef[lo:hi] > 0).any():
+                    # Known only from negative signals (cancellations): the vector points away
+                    # from what they returned, which is no taste to match.
+                    continue
                 row = _blend(
                     cosines[i], item_vecs, ev_vecs[lo:hi], ev_coef[lo:hi], prior, config
                 )
@@ -425,8 +429,13 @@ def _popularity_prior(
         )
         select
             item_id,
-            sum(pow(2.0, -greatest(date_diff('second', last_event_at, $end), 0)
-                / 3600.0 / $half_life)) as popularity
+            -- ordered: a float sum in parallel threads' order would differ in the last bit
+            -- between reruns, and reruns must give identical tables
+            sum(
+                pow(2.0, -greatest(date_diff('second', last_event_at, $end), 0)
+                    / 3600.0 / $half_life)
+                order by user_id
+            ) as popularity
         from engaged
         group by item_id
         """,

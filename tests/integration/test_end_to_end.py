@@ -80,6 +80,24 @@ def _snapshot(warehouse: Path, tables=OUTPUT_TABLES) -> dict[str, list]:
         con.close()
 
 
+_OPEN: list = []
+
+
+def _read(pipeline) -> object:
+    """A read-only connection that is closed after the test even if an assertion fails
+    (an open one would lock the warehouse against the next test's pipeline runs)."""
+    con = connect(pipeline["warehouse"], read_only=True)
+    _OPEN.append(con)
+    return con
+
+
+@pytest.fixture(autouse=True)
+def _close_connections():
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
@@ -100,7 +118,7 @@ def pipeline(tmp_path_factory):
 def test_every_hour_ran_through_the_scheduler_and_the_summary_is_printed(pipeline):
     assert f"backfill: {N_HOURS}/{N_HOURS} runs done" in pipeline["stdout"]
     assert "recommendations for" in pipeline["stdout"]
-    con = connect(pipeline["warehouse"], read_only=True)
+    con = _read(pipeline)
     runs = con.execute(
         "select interval_start, model_id from pipeline_runs where interval_start < ? order by 1",
         [pipeline["hours"][-1] + timedelta(hours=1)],
@@ -134,7 +152,7 @@ def test_backfill_equals_an_hour_by_hour_run(pipeline, tmp_path):
 
 
 def test_events_in_equal_landed_minus_duplicates_minus_quarantined(pipeline):
-    con = connect(pipeline["warehouse"], read_only=True)
+    con = _read(pipeline)
     for hour in pipeline["hours"]:
         landed = sum(
             sum(1 for _ in p.open()) for p in partition_dir(pipeline["landing"], "events", hour).glob("*.jsonl")
@@ -150,7 +168,7 @@ def test_events_in_equal_landed_minus_duplicates_minus_quarantined(pipeline):
 
 
 def test_vectors_are_unit_length_with_model_id_and_only_for_active_users(pipeline):
-    con = connect(pipeline["warehouse"], read_only=True)
+    con = _read(pipeline)
     vectors = query_arrow(con, "select user_id, as_of, model_id, vector from user_interest_vectors")
     assert vectors.num_rows > 0
     norms = np.linalg.norm(vectors_to_numpy(vectors.column("vector")), axis=1)
@@ -169,7 +187,7 @@ def test_vectors_are_unit_length_with_model_id_and_only_for_active_users(pipelin
 
 
 def test_recommendations_exclude_consumed_items_and_carry_evidence(pipeline):
-    con = connect(pipeline["warehouse"], read_only=True)
+    con = _read(pipeline)
     overlap = con.execute(
         """
         select count(*) from recommendations as r
@@ -185,7 +203,16 @@ def test_recommendations_exclude_consumed_items_and_carry_evidence(pipeline):
     assert per_user and all(n == hi and lo == 1 and hi <= 20 for _, _, n, lo, hi in per_user)
     # fewer than 20 only where the interest is mostly cancellations (few positive scores)
     assert sum(1 for *_, n, _, _ in per_user if n == 20) / len(per_user) >= 0.5
-    assert con.execute("select min(score) from recommendations").fetchone()[0] > 0
+    assert con.execute("select min(score) from recommendations").fetchone()[0] >= 0
+    unsorted = con.execute(
+        """
+        select count(*) from (
+            select score < lead(score) over (partition by user_id, as_of order by rank) as bad
+            from recommendations
+        ) where bad
+        """
+    ).fetchone()[0]
+    assert unsorted == 0
     evidence = [json.loads(e) for (e,) in con.execute("select evidence from recommendations").fetchall()]
     assert sum(1 for e in evidence if e) / len(evidence) > 0.99
     assert all(item["text"] and item["contribution"] > 0 for e in evidence for item in e)
@@ -219,7 +246,7 @@ def test_malformed_lines_are_quarantined_and_the_run_succeeds(pipeline):
     (folder / "part-99999.jsonl").write_text("\n".join(lines) + "\n")
     out = _run(pipeline["env"], "interest-main-job", "--skip-replay", *_window(hour, 1))
     assert "backfill: 1/1 runs done" in out.stdout
-    con = connect(pipeline["warehouse"], read_only=True)
+    con = _read(pipeline)
     reasons = sorted(r[0] for r in con.execute(
         "select reason from quarantine where interval_start = ? and source_file like '%part-99999%'", [hour]
     ).fetchall())
