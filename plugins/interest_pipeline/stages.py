@@ -311,6 +311,28 @@ def publish_snapshot(
     return {"snapshot": str(path)}
 
 
+def run_interval(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Every stage of the DAG for one interval, in order, in this process, without Airflow.
+
+    The hour-by-hour reference the scheduler's results are checked against, and a way to
+    process an interval from a notebook. Returns the interval's run-stats row.
+    """
+    results = [
+        stage(start, end, settings)
+        for stage in (
+            ingest_landing_partition,
+            build_dbt_models,
+            embed_new_texts,
+            update_user_vectors,
+            write_recommendations,
+            evaluate_recommendations,
+        )
+    ]
+    return record_run_stats(start, end, results, settings)
+
+
 def code_version() -> str:
     """Package version plus the git commit when the code runs from a checkout."""
     from importlib.metadata import PackageNotFoundError, version

@@ -177,15 +177,7 @@ def test_tables_equal_an_hour_by_hour_in_process_run(celery_run, tmp_path, monke
         landing_dir=celery_run["landing"],
     )
     for hour in celery_run["hours"]:
-        end = hour + timedelta(hours=1)
-        results = [
-            stages.ingest_landing_partition(hour, end, settings),
-            stages.build_dbt_models(hour, end, settings),
-            stages.embed_new_texts(hour, end, settings),
-            stages.update_user_vectors(hour, end, settings),
-            stages.write_recommendations(hour, end, settings),
-        ]
-        stages.record_run_stats(hour, end, results, settings)
+        stages.run_interval(hour, hour + timedelta(hours=1), settings)
     reference = _snapshot(settings.warehouse_path)
     scaled_out = _snapshot(celery_run["warehouse"])
     assert scaled_out["recommendations"], "the busy hours wrote no recommendations"

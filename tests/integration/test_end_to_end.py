@@ -136,15 +136,7 @@ def test_backfill_equals_an_hour_by_hour_run(pipeline, tmp_path):
         landing_dir=pipeline["landing"],
     )
     for hour in pipeline["hours"]:
-        end = hour + timedelta(hours=1)
-        results = [
-            stages.ingest_landing_partition(hour, end, settings),
-            stages.build_dbt_models(hour, end, settings),
-            stages.embed_new_texts(hour, end, settings),
-            stages.update_user_vectors(hour, end, settings),
-            stages.write_recommendations(hour, end, settings),
-        ]
-        stages.record_run_stats(hour, end, results, settings)
+        stages.run_interval(hour, hour + timedelta(hours=1), settings)
     hour_by_hour = _snapshot(settings.warehouse_path)
     backfilled = _snapshot(pipeline["warehouse"])
     for table in OUTPUT_TABLES:
