@@ -17,10 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import subprocess
-import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -28,7 +25,14 @@ from interest_pipeline import airflow_local, stages
 from interest_pipeline.config import DAG_ID, get_settings
 from interest_pipeline.replay import DEFAULT_WINDOWS
 from interest_pipeline.warehouse import connect
-from tests.integration.test_end_to_end import OUTPUT_TABLES, _busy_hours, _free_port, _snapshot
+from tests.integration.test_end_to_end import (
+    OUTPUT_TABLES,
+    _busy_hours,
+    _free_port,
+    _run,
+    _snapshot,
+)
+from tests.integration.test_end_to_end import _window as _hours_window
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +68,8 @@ def _require_services() -> None:
                     + f". {START_HINT}", pytrace=False)
 
 
-def _run(env: dict[str, str], exe: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / exe), *args],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
 def _window(first: datetime, n: int) -> list[str]:
-    return ["--skip-replay", "--start", first.isoformat(),
-            "--end", (first + timedelta(hours=n)).isoformat()]
+    return ["--skip-replay", *_hours_window(first, n)]
 
 
 def _task_instances(database: str) -> tuple[list[dict], int | None]:
