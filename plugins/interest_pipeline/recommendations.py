@@ -9,8 +9,8 @@ Score of item j for user u (weights and knobs are configuration, see :class:`Sco
 
 - ``cos(v_u, e_j)``: the user's interest vector (one decayed average of everything) against the
   item's document embedding.
-- ``M_p(u, j)``: several interests instead of one average. Every recent contribution c of the
-  user (an engaged item's document or a query/tag text, the latest ``evidence_events``) is an
+- ``M_p(u, j)``: several interests instead of one average. Every contribution c of the user's
+  latest ``evidence_events`` events (an engaged item's document or a query/tag text) is an
   interest with importance ``a_c = weight * decay`` (as in the fold); ``M_p`` is the power mean
   ``(sum_c a_c * max(0, cos(t_c, e_j)) ** p / sum_c a_c) ** (1 / p)`` over the positive
   contributions. ``p = 1`` is an average; a large ``p`` scores an item by the interest it is
@@ -120,13 +120,39 @@ def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[np.ndarr
     return ids, vectors_to_numpy(table.column("embedding"))
 
 
+# Each scored user's latest ``$limit`` events up to the interval, newest first. A top-k
+# aggregate keeps a heap of k per user while reading the few columns it needs, so the cost
+# follows the scored users' events rather than sorting (or joining embeddings to) the whole
+# history; the embedding join below then sees at most k events per user.
+_LATEST_EVENTS_SQL = """
+select unnest(latest, recursive := true)
+from (
+    select max_by(
+        {
+            'event_id': event_id,
+            'user_id': user_id,
+            'event_type': event_type,
+            'event_at': event_at,
+            'weight': weight,
+            'item_id': item_id,
+            'query_text': query_text
+        },
+        (event_at, event_id),
+        $limit
+    ) as latest
+    from user_item_interactions
+    where interval_start <= $interval_start and user_id in (select user_id from _rec_users)
+    group by user_id
+)
+"""
+
+
 def _evidence_contributions(
     con: duckdb.DuckDBPyConnection, model_id: str, interval_start: datetime, limit: int
 ) -> pa.Table:
-    """The latest ``limit`` contributions, up to this interval, of each user being scored."""
-    inner = CONTRIBUTIONS_SQL.format(
-        where="interval_start <= $interval_start and user_id in (select user_id from _rec_users)"
-    )
+    """The contributions of each scored user's latest ``limit`` events up to this interval,
+    ordered by user, newest first."""
+    inner = CONTRIBUTIONS_SQL.format(interactions=_LATEST_EVENTS_SQL)
     return query_arrow(
         con,
         f"""
@@ -134,11 +160,6 @@ def _evidence_contributions(
         from ({inner}) as contributions
         left join items
             on contributions.text_kind = 'item' and contributions.item_id = items.item_id
-        qualify row_number() over (
-            partition by contributions.user_id
-            order by contributions.event_at desc, contributions.event_id desc,
-                contributions.text_kind
-        ) <= $limit
         order by contributions.user_id, contributions.event_at desc, contributions.event_id desc,
             contributions.text_kind
         """,
@@ -255,25 +276,34 @@ def recommend(
     if users_table.num_rows and len(item_ids):
         users = users_table.column("user_id").to_numpy(zero_copy_only=False)
         user_vecs = vectors_to_numpy(users_table.column("vector"))
+        item_index = {item: j for j, item in enumerate(item_ids)}
         con.register("_rec_users", pa.table({"user_id": pa.array(users.tolist(), pa.string())}))
+        con.register(
+            "_rec_items",
+            pa.table({
+                "item_id": pa.array(item_ids.tolist(), pa.string()),
+                "j": pa.array(np.arange(len(item_ids)), pa.int32()),
+            }),
+        )
         try:
             consumed = _consumed(con, interval_start)
             evidence_rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
+            prior = (
+                _popularity_prior(
+                    con, len(item_ids), interval_start, interval_end,
+                    config.popularity_half_life_hours,
+                )
+                if config.popularity_weight
+                else None
+            )
+            behaviour = (
+                _cooccurrence(con, users.tolist(), len(item_ids), interval_start)
+                if config.cooccurrence_weight
+                else {}
+            )
         finally:
             con.unregister("_rec_users")
-        item_index = {item: j for j, item in enumerate(item_ids)}
-        prior = (
-            _popularity_prior(
-                con, item_index, interval_start, interval_end, config.popularity_half_life_hours
-            )
-            if config.popularity_weight
-            else None
-        )
-        behaviour = (
-            _cooccurrence(con, users.tolist(), item_index, interval_start)
-            if config.cooccurrence_weight
-            else {}
-        )
+            con.unregister("_rec_items")
 
         ev_users = evidence_rows.column("user_id").to_numpy(zero_copy_only=False)
         ev_vecs = vectors_to_numpy(evidence_rows.column("embedding"))
@@ -368,34 +398,44 @@ def _blend(
 
 
 def _cooccurrence(
-    con: duckdb.DuckDBPyConnection,
-    users: list[str],
-    item_index: dict[str, int],
-    interval_start: datetime,
+    con: duckdb.DuckDBPyConnection, users: list[str], n_items: int, interval_start: datetime
 ) -> dict[str, np.ndarray]:
-    """B(u, .) for the users being scored (see the module docstring), from everyone's events."""
+    """B(u, .) for the users being scored (see the module docstring), from everyone's events.
+
+    Needs ``_rec_items`` (item_id, j: catalogue position) registered. Everyone's distinct
+    positive (user, item) pairs come back as integer columns and the user ids are
+    dictionary-encoded by Arrow: no Python object per pair, so the cost per pair of history
+    stays a fraction of a microsecond.
+    """
     import numpy as np
+    import pyarrow.compute as pc
     import scipy.sparse as sp
 
-    rows = con.execute(
+    pairs = query_arrow(
+        con,
         """
-        select distinct user_id, item_id
-        from user_item_interactions
-        where interval_start <= ? and item_id is not null and weight > 0
+        select interactions.user_id, _rec_items.j
+        from user_item_interactions as interactions
+        inner join _rec_items on interactions.item_id = _rec_items.item_id
+        where interactions.interval_start <= ? and interactions.weight > 0
+        group by interactions.user_id, _rec_items.j
         """,
         [interval_start],
-    ).fetchall()
-    pairs = [(u, item_index[i]) for u, i in rows if i in item_index]
-    if not pairs:
+    )
+    if pairs.num_rows == 0:
         return {}
-    user_ids = sorted({u for u, _ in pairs})
-    u_index = {u: n for n, u in enumerate(user_ids)}
+    encoded = pc.dictionary_encode(pairs.column("user_id").combine_chunks())
+    user_ids = encoded.dictionary.to_pylist()
     x = sp.csr_matrix(
-        (np.ones(len(pairs)), ([u_index[u] for u, _ in pairs], [j for _, j in pairs])),
-        shape=(len(user_ids), len(item_index)),
+        (
+            np.ones(pairs.num_rows),
+            (encoded.indices.to_numpy(), pairs.column("j").to_numpy()),
+        ),
+        shape=(len(user_ids), n_items),
     )
     co = (x.T @ x).tocsr()
     co.setdiag(0)
+    u_index = {u: n for n, u in enumerate(user_ids)}
     scored = [u for u in users if u in u_index]
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(scored), _USER_BLOCK):
@@ -408,15 +448,23 @@ def _cooccurrence(
     return out
 
 
+# Popularity terms are summed as integers (units of 2 ** -50): an integer sum is exact in any
+# order, so parallel threads give identical tables on every rerun without sorting each item's
+# users first.
+_FIXED_POINT = 2.0**50
+
+
 def _popularity_prior(
     con: duckdb.DuckDBPyConnection,
-    item_index: dict[str, int],
+    n_items: int,
     interval_start: datetime,
     interval_end: datetime,
     half_life_hours: float,
 ) -> np.ndarray:
     """log1p(P_j) / log1p(max P): P_j = users who engaged with j, each decayed by the age of
-    their latest positive event on it (a wholesaler's fifty lines count once)."""
+    their latest positive event on it (a wholesaler's fifty lines count once).
+
+    Needs ``_rec_items`` (item_id, j: catalogue position) registered."""
     import numpy as np
 
     rows = con.execute(
@@ -424,28 +472,34 @@ def _popularity_prior(
         with engaged as (
             select user_id, item_id, max(event_at) as last_event_at
             from user_item_interactions
-            where interval_start <= $start and item_id is not null and weight > 0
+            where interval_start <= $start and weight > 0
             group by user_id, item_id
         )
         select
-            item_id,
-            -- ordered: a float sum in parallel threads' order would differ in the last bit
-            -- between reruns, and reruns must give identical tables
+            _rec_items.j,
             sum(
-                pow(2.0, -greatest(date_diff('second', last_event_at, $end), 0)
-                    / 3600.0 / $half_life)
-                order by user_id
+                cast(
+                    round(
+                        pow(2.0, -greatest(date_diff('second', last_event_at, $end), 0)
+                            / 3600.0 / $half_life)
+                        * $scale
+                    ) as bigint
+                )
             ) as popularity
         from engaged
-        group by item_id
+        inner join _rec_items on engaged.item_id = _rec_items.item_id
+        group by _rec_items.j
         """,
-        {"start": interval_start, "end": interval_end, "half_life": half_life_hours},
+        {
+            "start": interval_start,
+            "end": interval_end,
+            "half_life": half_life_hours,
+            "scale": _FIXED_POINT,
+        },
     ).fetchall()
-    prior = np.zeros(len(item_index), dtype=np.float64)
-    for item, popularity in rows:
-        j = item_index.get(item)
-        if j is not None:
-            prior[j] = np.log1p(popularity)
+    prior = np.zeros(n_items, dtype=np.float64)
+    for j, popularity in rows:
+        prior[j] = np.log1p(float(popularity) / _FIXED_POINT)
     top = prior.max() if len(prior) else 0.0
     return prior / top if top > 0 else prior
 

@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 # A decayed sum this small has no direction (e.g. a purchase and its cancellation).
 _MIN_NORM = 1e-9
 
-# One row per (event, text) contribution of an interval: an item event contributes its item's
-# document, a search/tag event its query text; a tag contributes both.
+# One row per (event, text) contribution of the events ``{interactions}`` selects (columns of
+# user_item_interactions): an item event contributes its item's document, a search/tag event its
+# query text; a tag contributes both.
 CONTRIBUTIONS_SQL = """
 with interactions as (
-    select * from user_item_interactions where {where}
+    {interactions}
 ),
 contributions as (
     select
@@ -107,7 +108,9 @@ def update_user_vectors(
 
     contrib = query_arrow(
         con,
-        CONTRIBUTIONS_SQL.format(where="interval_start = $interval_start"),
+        CONTRIBUTIONS_SQL.format(
+            interactions="select * from user_item_interactions where interval_start = $interval_start"
+        ),
         {"interval_start": interval_start, "model_id": model_id},
     )
     users_with_events = {
@@ -203,16 +206,27 @@ def _previous_versions(
 
     con.register("_fold_users", pa.table({"user_id": pa.array(users, pa.string())}))
     try:
+        # Keys first, from narrow columns; then the states of exactly those rows. Picking the
+        # newest row while carrying the state would read every version's state (the widest
+        # column, growing with history) before discarding all but one per user.
         table = query_arrow(
             con,
             """
-            select user_id, state, as_of, event_count, last_event_at
-            from user_interest_vectors
-            where model_id = ? and as_of < ?
-                and user_id in (select user_id from _fold_users)
-            qualify row_number() over (partition by user_id order by as_of desc) = 1
+            with latest as (
+                select user_id, max(as_of) as as_of
+                from user_interest_vectors
+                where model_id = $model_id and as_of < $as_of
+                    and user_id in (select user_id from _fold_users)
+                group by user_id
+            )
+            select versions.user_id, versions.state, versions.as_of, versions.event_count,
+                versions.last_event_at
+            from user_interest_vectors as versions
+            inner join latest
+                on versions.user_id = latest.user_id and versions.as_of = latest.as_of
+            where versions.model_id = $model_id
             """,
-            [model_id, as_of],
+            {"model_id": model_id, "as_of": as_of},
         )
     finally:
         con.unregister("_fold_users")

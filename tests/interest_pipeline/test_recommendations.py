@@ -163,3 +163,26 @@ def test_the_prior_never_makes_items_eligible(con, fake_encoder):
     update_user_vectors(con, "fake", H0, H1, 24.0)
     write_recommendations(con, "fake", H0, H1, 3, 24.0, 100, ScoringConfig(popularity_weight=1.0))
     assert _scores(con, "u1") == {}
+
+
+def _evidence_items(con, user):
+    rows = con.execute("select evidence from recommendations where user_id = ?", [user]).fetchall()
+    return {e["item_id"] for (evidence,) in rows for e in json.loads(evidence)}
+
+
+def test_evidence_comes_from_the_users_latest_events_by_event_time(con, fake_encoder):
+    _catalogue(con)
+    # An earlier partition, and a late event landing in this one with the oldest time.
+    add_event(con, "e0", "u1", "view", H0 - timedelta(minutes=50), H0 - timedelta(hours=1),
+              item_id="m5", weight=1.0)
+    add_event(con, "e1", "u1", "view", H0 - timedelta(hours=3), H0, item_id="m4", weight=1.0)
+    add_event(con, "e2", "u1", "view", H0 + timedelta(minutes=10), H0, item_id="m2", weight=1.0)
+    add_event(con, "e3", "u1", "view", H0 + timedelta(minutes=20), H0, item_id="m3", weight=1.0)
+    embed_new_texts(con, "fake", lambda: fake_encoder, H0)
+    update_user_vectors(con, "fake", H0, H1, 24.0)
+    write_recommendations(con, "fake", H0, H1, 5, 24.0, 2, CONTENT_ONLY)
+    assert _evidence_items(con, "u1") == {"m2", "m3"}
+    write_recommendations(con, "fake", H0, H1, 5, 24.0, 3, CONTENT_ONLY)
+    assert _evidence_items(con, "u1") == {"m2", "m3", "m5"}  # e0 is newer than the late e1
+    write_recommendations(con, "fake", H0, H1, 5, 24.0, 100, CONTENT_ONLY)
+    assert _evidence_items(con, "u1") == {"m2", "m3", "m4", "m5"}
