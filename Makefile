@@ -16,8 +16,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# The sample window through the daily backfill DAG (one run per day; hourly versions inside).
 run: install
-	$(BIN)/interest-main-job $(ARGS)
+	$(BIN)/interest-main-job --daily $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

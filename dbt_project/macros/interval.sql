@@ -66,6 +66,17 @@
 
 
 {#-
+    The rows of the run's interval [interval_start, interval_end): one hour for the hourly DAG,
+    a whole day for the daily backfill DAG. Rows keep the arrival hour they landed in, so a day
+    built at once equals its 24 hours built one by one.
+-#}
+{% macro in_run_interval(interval_column='interval_start') -%}
+    {{ interval_column }} >= {{ interval_start_literal() }}
+    and {{ interval_column }} < {{ interval_end_literal() }}
+{%- endmacro %}
+
+
+{#-
     Pre-hook of the per-interval incremental models: remove the interval's rows before the model
     appends them again, so a rerun replaces exactly that interval (also when the rerun yields no
     rows, which dbt's delete+insert strategy would not clean up). It runs in the model's
@@ -74,6 +85,6 @@
 {% macro delete_interval(interval_column='interval_start') -%}
     {%- if is_incremental() -%}
         delete from {{ this }}
-        where {{ interval_column }} = {{ interval_start_literal() }}
+        where {{ in_run_interval(interval_column) }}
     {%- endif -%}
 {%- endmacro %}

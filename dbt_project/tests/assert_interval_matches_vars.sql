@@ -1,6 +1,7 @@
 {#-
-    The ingest task and dbt must agree on the hour: every landed line of interval_start must
-    carry the run's interval_end. A mismatch means the run was given the wrong interval.
+    The ingest task and dbt must agree on the interval: every landed line the run reads must
+    lie, with its whole arrival hour [interval_start, interval_end), inside the run's interval
+    (an hour, or a day of backfill). A mismatch means the run was given the wrong interval.
 -#}
 with
 
@@ -27,7 +28,7 @@ landed_intervals as (
 final as (
 
     select * from landed_intervals
-    where interval_end <> {{ interval_end_literal() }}
+    where interval_end > {{ interval_end_literal() }} or interval_end <= interval_start
 
 )
 

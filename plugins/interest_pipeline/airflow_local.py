@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from interest_pipeline.config import DAG_ID, airflow_env, get_settings
+from interest_pipeline.config import DAG_ID, DAILY_DAG_ID, airflow_env, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start":
         pids = start(env)
         print(f"airflow running ({', '.join(f'{c} {p}' for c, p in pids.items())})")
-        print(f"UI: {env['AIRFLOW__API__BASE_URL']}  (DAG {DAG_ID}; admin password in "
+        print(f"UI: {env['AIRFLOW__API__BASE_URL']}  (DAGs {DAG_ID}, {DAILY_DAG_ID}; admin "
+              "password in "
               f"{Path(env['AIRFLOW_HOME']) / 'simple_auth_manager_passwords.json.generated'})")
         print(f"logs: {_log_dir(env)}")
     elif args.action == "env":

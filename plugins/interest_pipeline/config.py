@@ -78,6 +78,8 @@ def get_settings() -> Settings:
 
 
 DAG_ID = "interest_pipeline_hourly"
+# The same tasks over whole days: for backfills (dags/interest_pipeline_daily.py).
+DAILY_DAG_ID = "interest_pipeline_daily"
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:

@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -102,12 +102,16 @@ def load_encoder(model: str, batch_size: int) -> SentenceTransformerEncoder:
 
 
 def pending_texts(
-    con: duckdb.DuckDBPyConnection, model_id: str, interval_start: datetime
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    interval_start: datetime,
+    interval_end: datetime | None = None,
 ) -> list[tuple[str, str]]:
     """(text_hash, text) pairs needed by this interval that the cache lacks for this model.
 
     Needed: every item document of the catalogue (so new items are recommendable from text
-    alone) and the query/tag texts of the interval's events.
+    alone) and the query/tag texts of the events of [interval_start, interval_end) (default:
+    the hour starting at interval_start).
     """
     sources = []
     if table_exists(con, "item_documents"):
@@ -116,7 +120,8 @@ def pending_texts(
         sources.append(
             "select sha256(query_text) as text_hash, query_text as text "
             "from user_item_interactions "
-            "where interval_start = $interval_start and query_text is not null"
+            "where interval_start >= $interval_start and interval_start < $interval_end "
+            "and query_text is not null"
         )
     if not sources:
         return []
@@ -132,6 +137,7 @@ def pending_texts(
     params: dict[str, object] = {"model_id": model_id}
     if "$interval_start" in sql:
         params["interval_start"] = interval_start
+        params["interval_end"] = interval_end or interval_start + timedelta(hours=1)
     return [(h, t) for h, t in con.execute(sql, params).fetchall()]
 
 
@@ -152,9 +158,10 @@ def embed_new_texts(
     model_id: str,
     encoder_factory: Callable[[], Encoder],
     interval_start: datetime,
+    interval_end: datetime | None = None,
 ) -> int:
     """Embed and store the texts this interval needs that are not cached. Returns how many."""
-    todo = pending_texts(con, model_id, interval_start)
+    todo = pending_texts(con, model_id, interval_start, interval_end)
     if not todo:
         return 0
     encoder = encoder_factory()
@@ -186,9 +193,12 @@ def _encode(encoder: Encoder, texts: pa.Table) -> pa.Table:
     return texts.append_column("embedding", numpy_to_vectors(vectors))
 
 
-def shard_dir(data_dir: Path, interval_start: datetime) -> Path:
-    """An interval's shard folder, under the data dir: every worker must see the same one."""
-    return data_dir / "embedding_shards" / f"{interval_start:%Y%m%dT%H%M}"
+def shard_dir(data_dir: Path, interval_start: datetime, interval_end: datetime) -> Path:
+    """An interval's shard folder, under the data dir: every worker must see the same one.
+
+    Named by both ends: an hourly run and a daily backfill run may start at the same hour.
+    """
+    return data_dir / "embedding_shards" / f"{interval_start:%Y%m%dT%H%M}-{interval_end:%Y%m%dT%H%M}"
 
 
 def write_text_shards(
@@ -196,6 +206,7 @@ def write_text_shards(
     model_id: str,
     interval_start: datetime,
     folder: Path,
+    interval_end: datetime | None = None,
 ) -> list[Path]:
     """Write the interval's pending texts to Parquet shards of ``shard_size()`` texts.
 
@@ -207,7 +218,7 @@ def write_text_shards(
 
     import pyarrow.parquet as pq
 
-    todo = pending_texts(con, model_id, interval_start)
+    todo = pending_texts(con, model_id, interval_start, interval_end)
     shutil.rmtree(folder, ignore_errors=True)
     if not todo:
         return []

@@ -2,9 +2,10 @@
 
 It starts the local Airflow (unless it is already running), creates an Airflow backfill of the
 window, which the real scheduler runs in interval order, shows progress, and stops what it
-started.
+started. By default the backfill runs the hourly DAG, one run per hour; ``--daily`` runs the
+daily backfill DAG instead, one run per whole UTC day (the window is widened to whole days).
 
-Usage: ``interest-main-job [--dataset movielens|retail] [--start ISO --end ISO]``.
+Usage: ``interest-main-job [--dataset movielens|retail] [--start ISO --end ISO] [--daily]``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from interest_pipeline import airflow_local
 from interest_pipeline.airflow_local import airflow_bin
-from interest_pipeline.config import DAG_ID, get_settings
+from interest_pipeline.config import DAG_ID, DAILY_DAG_ID, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,15 @@ def hours_in(start: datetime, end: datetime) -> list[datetime]:
     return [first + timedelta(hours=i) for i in range(int((end - first) / timedelta(hours=1)))]
 
 
+def days_covering(start: datetime, end: datetime) -> list[datetime]:
+    """Start of every UTC day that [start, end) touches."""
+    first = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [first]
+    while days[-1] + timedelta(days=1) < end:
+        days.append(days[-1] + timedelta(days=1))
+    return days
+
+
 def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
@@ -41,8 +51,10 @@ class BackfillFailed(RuntimeError):
     """A run of the backfill failed; the message names the task and its log."""
 
 
-def create_backfill(hours: list[datetime], env: dict[str, str], reprocess: bool = False) -> int:
-    """Create an Airflow backfill of the intervals starting at ``hours``; return its id.
+def create_backfill(
+    runs: list[datetime], env: dict[str, str], reprocess: bool = False, dag_id: str = DAG_ID
+) -> int:
+    """Create an Airflow backfill of ``dag_id``'s intervals starting at ``runs``; return its id.
 
     Created while the scheduler is stopped where possible: SQLite serialises writers, and the
     many inserts of a backfill can lose the race against a busy scheduler ("database is locked").
@@ -50,11 +62,11 @@ def create_backfill(hours: list[datetime], env: dict[str, str], reprocess: bool 
     from airflow.models.backfill import Backfill
     from airflow.utils.session import create_session
 
-    _wait_for_dag(env)
+    _wait_for_dag(env, dag_id)
     cmd = [
-        airflow_bin(), "backfill", "create", "--dag-id", DAG_ID,
-        "--from-date", _aware(hours[0]).isoformat(),
-        "--to-date", _aware(hours[-1]).isoformat(),
+        airflow_bin(), "backfill", "create", "--dag-id", dag_id,
+        "--from-date", _aware(runs[0]).isoformat(),
+        "--to-date", _aware(runs[-1]).isoformat(),
         "--max-active-runs", "1",
         # By default hours that already succeeded are not redone (each hour is idempotent, so
         # redoing them would change nothing); --reprocess redoes them anyway.
@@ -64,20 +76,20 @@ def create_backfill(hours: list[datetime], env: dict[str, str], reprocess: bool 
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode == 0 or "database is locked" not in proc.stderr:
             break
-        _drop_unfinished_backfills()
+        _drop_unfinished_backfills(dag_id)
         time.sleep(5 * (attempt + 1))
     if proc.returncode != 0:
         raise BackfillFailed(f"airflow backfill create failed:\n{proc.stderr[-2000:]}")
     with create_session() as session:
         backfill = (
-            session.query(Backfill).filter(Backfill.dag_id == DAG_ID)
+            session.query(Backfill).filter(Backfill.dag_id == dag_id)
             .order_by(Backfill.id.desc()).first()
         )
         assert backfill is not None
         return backfill.id
 
 
-def _drop_unfinished_backfills() -> None:
+def _drop_unfinished_backfills(dag_id: str) -> None:
     """Remove a backfill left half-created by a lock error, so the retry may create it."""
     from airflow.models import DagRun
     from airflow.models.backfill import Backfill, BackfillDagRun
@@ -85,7 +97,7 @@ def _drop_unfinished_backfills() -> None:
 
     with create_session() as session:
         for backfill in session.query(Backfill).filter(
-            Backfill.dag_id == DAG_ID, Backfill.completed_at.is_(None)
+            Backfill.dag_id == dag_id, Backfill.completed_at.is_(None)
         ):
             started = session.query(DagRun).filter(
                 DagRun.backfill_id == backfill.id, DagRun.state != "queued"
@@ -100,7 +112,11 @@ def _drop_unfinished_backfills() -> None:
 
 
 def wait_for_backfill(
-    hours: list[datetime], env: dict[str, str], backfill_id: int, poll_seconds: float = 3.0
+    runs: list[datetime],
+    env: dict[str, str],
+    backfill_id: int,
+    poll_seconds: float = 3.0,
+    dag_id: str = DAG_ID,
 ) -> int:
     """Wait for the scheduler to run the backfill, printing progress (runs done / total).
 
@@ -110,7 +126,7 @@ def wait_for_backfill(
     from airflow.models.backfill import Backfill
     from airflow.utils.session import create_session
 
-    total = len(hours)
+    total = len(runs)
     started = time.monotonic()
     last_done = -1
     while True:
@@ -119,7 +135,7 @@ def wait_for_backfill(
             states = {r.run_id: str(getattr(r.state, "value", r.state)) for r in runs}
             failed = [r for r in runs if states[r.run_id] == "failed"]
             if failed:
-                raise BackfillFailed(_describe_failure(failed[0], env))
+                raise BackfillFailed(_describe_failure(failed[0], env, dag_id))
             done = sum(1 for st in states.values() if st == "success")
             # Hours skipped because they already succeeded count as done.
             skipped = total - len(runs)
@@ -136,10 +152,10 @@ def wait_for_backfill(
         time.sleep(poll_seconds)
 
 
-def _describe_failure(run: Any, env: dict[str, str]) -> str:
+def _describe_failure(run: Any, env: dict[str, str], dag_id: str) -> str:
     failed = [ti for ti in run.get_task_instances() if ti.state == "failed"]
     lines = [f"run {run.run_id} failed"]
-    logs = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / f"dag_id={DAG_ID}" / f"run_id={run.run_id}"
+    logs = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / f"dag_id={dag_id}" / f"run_id={run.run_id}"
     for ti in failed:
         paths = sorted(logs.glob(f"task_id={ti.task_id}/attempt=*.log"))
         where = paths[-1] if paths else logs / f"task_id={ti.task_id}"
@@ -147,7 +163,7 @@ def _describe_failure(run: Any, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _wait_for_dag(env: dict[str, str], timeout: float = 180.0) -> None:
+def _wait_for_dag(env: dict[str, str], dag_id: str, timeout: float = 180.0) -> None:
     """Wait until the dag-processor has parsed the DAG into the metadata DB."""
     from airflow.models.dag import DagModel
     from airflow.utils.session import create_session
@@ -155,11 +171,11 @@ def _wait_for_dag(env: dict[str, str], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with create_session() as session:
-            model = session.get(DagModel, DAG_ID)
+            model = session.get(DagModel, dag_id)
             if model is not None and not model.is_stale:
                 return
         time.sleep(2)
-    raise BackfillFailed(f"DAG {DAG_ID} was not parsed within {timeout:.0f}s: see the dag-processor log")
+    raise BackfillFailed(f"DAG {dag_id} was not parsed within {timeout:.0f}s: see the dag-processor log")
 
 
 def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) -> dict[str, Any]:
@@ -271,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="interest-main-job",
         description="Replay sample logs into the landing zone, run the hourly DAG through "
-        "Airflow for every hour of the window, and print a summary.",
+        "Airflow for every hour of the window (or the daily DAG for every day), and print a "
+        "summary.",
     )
     parser.add_argument("--dataset", choices=sorted(DEFAULT_WINDOWS), default="retail")
     parser.add_argument("--start", type=datetime.fromisoformat, help="window start (UTC)")
@@ -281,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reprocess",
         action="store_true",
         help="also rerun hours that already succeeded (backfill --reprocess-behavior completed)",
+    )
+    parser.add_argument(
+        "--daily",
+        action="store_true",
+        help=f"backfill with {DAILY_DAG_ID}, one run per whole UTC day (the window is widened "
+        "to whole days): far fewer task starts and dbt builds than one run per hour",
     )
     parser.add_argument(
         "--skip-replay",
@@ -306,31 +329,36 @@ def main(argv: list[str] | None = None) -> int:
             f"written, {replayed.event_partitions_unchanged} unchanged)",
             flush=True,
         )
-    hours = hours_in(start, end)
+    if args.daily:
+        dag_id, runs, step = DAILY_DAG_ID, days_covering(start, end), timedelta(days=1)
+        start, end = runs[0], runs[-1] + step
+    else:
+        dag_id, runs, step = DAG_ID, hours_in(start, end), timedelta(hours=1)
+    n_hours = len(hours_in(start, end))
     already_running = all(airflow_local.status(env).values())
     try:
         if already_running:
-            backfill_id = create_backfill(hours, env, reprocess=args.reprocess)
+            backfill_id = create_backfill(runs, env, reprocess=args.reprocess, dag_id=dag_id)
         else:
             airflow_local.prepare(env)
             subprocess.run(
                 [airflow_bin(), "dags", "reserialize"], env=env, check=True, capture_output=True
             )
-            backfill_id = create_backfill(hours, env, reprocess=args.reprocess)
+            backfill_id = create_backfill(runs, env, reprocess=args.reprocess, dag_id=dag_id)
             print("starting airflow (scheduler, dag-processor, api-server, triggerer) ...",
                   flush=True)
             airflow_local.start(env)
-        print(f"backfill {backfill_id} of {DAG_ID}: {len(hours)} hours "
-              f"[{hours[0]:%Y-%m-%d %H:00}, {hours[-1] + timedelta(hours=1):%Y-%m-%d %H:00})",
+        print(f"backfill {backfill_id} of {dag_id}: {len(runs)} runs, {n_hours} hours "
+              f"[{runs[0]:%Y-%m-%d %H:00}, {runs[-1] + step:%Y-%m-%d %H:00})",
               flush=True)
-        n_runs = wait_for_backfill(hours, env, backfill_id)
+        wait_for_backfill(runs, env, backfill_id, dag_id=dag_id)
     except BackfillFailed as exc:
         print(f"interest-main-job: {exc}", file=sys.stderr)
         return 1
     finally:
         if not already_running:
             airflow_local.stop(env)
-    summary = summarise(start, end, n_runs, args.user)
+    summary = summarise(start, end, n_hours, args.user)
     print_summary(summary)
     print(f"\nwall time: {time.monotonic() - began:.0f}s; warehouse: {settings.warehouse_path}")
     return 0

@@ -1,8 +1,15 @@
-"""The hourly pipeline's stages, one function per DAG task.
+"""The pipeline's stages, one function per DAG task.
 
 Each stage takes the Airflow data interval, is idempotent for it (replaces exactly that
 interval's rows), opens the warehouse only for as long as it needs it, and returns a small dict
 of counts and its duration for the run-stats task (XCom carries nothing larger).
+
+An interval is a whole number of UTC hours: one for the hourly DAG, 24 for the daily backfill
+DAG. Ingest, fold, recommendations, evaluation and run stats go hour by hour inside it, so every
+hour gets its own vector versions and run-stats row, exactly as if the hours had run one by one;
+dbt and the embedding run once for the whole interval, which is what makes a day of backfill
+far cheaper than 24 hourly runs. Stages over several hours return their totals plus
+``per_hour`` (hour start ISO -> that hour's dict) for the run-stats task.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from interest_pipeline.config import REPO_ROOT, Settings, get_settings
@@ -18,13 +26,21 @@ from interest_pipeline.config import REPO_ROOT, Settings, get_settings
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "dbt", "embed", "fold", "recommend", "evaluate")
+HOUR = timedelta(hours=1)
 
 
 def to_utc_naive(moment: datetime) -> datetime:
-    """Airflow hands out aware datetimes; the warehouse stores naive UTC timestamps."""
+    """Airflow hands out aware (pendulum) datetimes; the warehouse stores naive UTC timestamps.
+
+    Returns a plain ``datetime``: pendulum's arithmetic differs (its intervals cannot be
+    divided by a timedelta).
+    """
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+        moment = moment.astimezone(UTC)
+    return datetime(
+        moment.year, moment.month, moment.day,
+        moment.hour, moment.minute, moment.second, moment.microsecond,
+    )
 
 
 def _timed(stage: str, fn: Any, *args: Any) -> dict[str, Any]:
@@ -34,21 +50,66 @@ def _timed(stage: str, fn: Any, *args: Any) -> dict[str, Any]:
     return result
 
 
+def interval_hours(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """The hours [h, h + 1h) making up the interval [start, end).
+
+    Raises:
+        ValueError: the interval is empty or not a whole number of hours starting on the hour.
+    """
+    start, end = to_utc_naive(start), to_utc_naive(end)
+    hours, rest = divmod(end - start, HOUR)
+    if hours < 1 or rest or start.minute or start.second or start.microsecond:
+        raise ValueError(f"interval [{start}, {end}) is not a whole number of UTC hours")
+    return [(start + k * HOUR, start + (k + 1) * HOUR) for k in range(hours)]
+
+
+def _hour_by_hour(
+    stage: str,
+    start: datetime,
+    end: datetime,
+    one_hour: Callable[[datetime, datetime], dict[str, Any]],
+) -> dict[str, Any]:
+    """Run ``one_hour`` for each hour of the interval, timed; the totals plus ``per_hour``
+    when there is more than one hour (an hourly run's result keeps its single-hour shape).
+
+    Totals sum the counts (ints) and the ``*_seconds``; any other value (a metric, a time, a
+    model id) is the last hour's.
+    """
+    per_hour = {
+        h_start.isoformat(): _timed(stage, one_hour, h_start, h_end)
+        for h_start, h_end in interval_hours(start, end)
+    }
+    if len(per_hour) == 1:
+        return next(iter(per_hour.values()))
+    totals: dict[str, Any] = {}
+    for result in per_hour.values():
+        for key, value in result.items():
+            summable = (isinstance(value, int) and not isinstance(value, bool)) or (
+                key.endswith("_seconds") and isinstance(value, float)
+            )
+            before = totals.get(key, 0)
+            if summable and isinstance(before, int | float) and not isinstance(before, bool):
+                totals[key] = before + value
+            else:
+                totals[key] = value
+    return {**totals, "per_hour": per_hour}
+
+
 def ingest_landing_partition(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Copy the interval's landing partition into raw.event_lines / raw.item_lines."""
+    """Copy the interval's landing partitions (one per hour) into raw.event_lines /
+    raw.item_lines."""
     from interest_pipeline.ingest import ingest_interval
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
     start, end = to_utc_naive(start), to_utc_naive(end)
-
-    def run() -> dict[str, Any]:
-        with open_warehouse(s.warehouse_path) as con:
-            return ingest_interval(con, s.landing_dir, start, end)
-
-    return _timed("ingest", run)
+    with open_warehouse(s.warehouse_path) as con:
+        return _hour_by_hour(
+            "ingest", start, end,
+            lambda h_start, h_end: ingest_interval(con, s.landing_dir, h_start, h_end),
+        )
 
 
 def build_dbt_models(
@@ -64,8 +125,9 @@ def build_dbt_models(
 
     s = settings or get_settings()
     start, end = to_utc_naive(start), to_utc_naive(end)
+    interval_hours(start, end)
     with open_warehouse(s.warehouse_path) as con:
-        empty = _interval_is_empty(con, start)
+        empty = _interval_is_empty(con, start, end)
     if empty:
         log.info("no lines landed for [%s, %s) and nothing built before: dbt skipped", start, end)
         return {"dbt_seconds": 0.0, "dbt_skipped": True}
@@ -82,15 +144,19 @@ _INTERVAL_TABLES = (
 )
 
 
-def _interval_is_empty(con: Any, start: datetime) -> bool:
-    """True when no per-interval table has rows for ``start`` (and the marts exist)."""
+def _interval_is_empty(con: Any, start: datetime, end: datetime) -> bool:
+    """True when no per-interval table has rows in [start, end) (and the marts exist)."""
     from interest_pipeline.warehouse import fetch_one, table_exists
 
     for qualified in _INTERVAL_TABLES:
         schema, name = qualified.split(".")
         if not table_exists(con, name, schema):
             return False  # first build: dbt must create the tables
-        (n,) = fetch_one(con, f"select count(*) from {qualified} where interval_start = ?", [start])
+        (n,) = fetch_one(
+            con,
+            f"select count(*) from {qualified} where interval_start >= ? and interval_start < ?",
+            [start, end],
+        )
         if n:
             return False
     return True
@@ -113,6 +179,7 @@ def embed_new_texts(
                 model_id,
                 lambda: embeddings.load_encoder(s.model, s.embed_batch_size),
                 to_utc_naive(start),
+                to_utc_naive(end),
             )
         return {"texts_embedded": n, "model_id": model_id}
 
@@ -122,11 +189,12 @@ def embed_new_texts(
 def update_user_vectors(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Fold the interval's events into versioned user interest vectors (as_of = end).
+    """Fold each hour's events into versioned user interest vectors (as_of = the hour's end).
 
-    Out-of-order history: if this interval's versions changed and later intervals were already
+    Out-of-order history: if the interval's versions changed and later intervals were already
     processed, their versions were built on a stale state, so they and their recommendations
-    are recomputed here, oldest first. The tables then equal what in-order processing gives.
+    are recomputed here, oldest first (once, after the interval's last hour). The tables then
+    equal what in-order processing gives.
     """
     from interest_pipeline import embeddings, recommendations, user_vectors
     from interest_pipeline.warehouse import open_warehouse
@@ -134,34 +202,46 @@ def update_user_vectors(
     s = settings or get_settings()
     model_id, _ = embeddings.resolve_model(s.model)
     start, end = to_utc_naive(start), to_utc_naive(end)
+    with open_warehouse(s.warehouse_path) as con:
+        _warn_if_model_changed(con, model_id)
+        changed = False
 
-    def run() -> dict[str, Any]:
-        with open_warehouse(s.warehouse_path) as con:
-            _warn_if_model_changed(con, model_id)
-            before = _versions_checksum(con, model_id, end)
-            result = user_vectors.update_user_vectors(con, model_id, start, end, s.half_life_hours)
-            changed = _versions_checksum(con, model_id, end) != before
-            later = _later_intervals(con, end) if changed else []
-            if later:
-                log.warning(
-                    "interval [%s, %s) changed after %d later interval(s) were processed; "
-                    "recomputing their vectors and recommendations (%s .. %s)",
-                    start, end, len(later), later[0][0], later[-1][1],
+        def fold_hour(h_start: datetime, h_end: datetime) -> dict[str, Any]:
+            nonlocal changed
+            before = _versions_checksum(con, model_id, h_end)
+            hour = user_vectors.update_user_vectors(
+                con, model_id, h_start, h_end, s.half_life_hours
+            )
+            changed = changed or _versions_checksum(con, model_id, h_end) != before
+            return hour
+
+        result = _hour_by_hour("fold", start, end, fold_hour)
+        later = _later_intervals(con, end) if changed else []
+        if later:
+            log.warning(
+                "interval [%s, %s) changed after %d later interval(s) were processed; "
+                "recomputing their vectors and recommendations (%s .. %s)",
+                start, end, len(later), later[0][0], later[-1][1],
+            )
+            started = time.perf_counter()
+            for i, (later_start, later_end) in enumerate(later, start=1):
+                user_vectors.update_user_vectors(
+                    con, model_id, later_start, later_end, s.half_life_hours
                 )
-                for i, (later_start, later_end) in enumerate(later, start=1):
-                    user_vectors.update_user_vectors(
-                        con, model_id, later_start, later_end, s.half_life_hours
-                    )
-                    recommendations.write_recommendations(
-                        con, model_id, later_start, later_end, s.top_n,
-                        s.half_life_hours, s.evidence_events,
-                    )
-                    if i % 24 == 0 or i == len(later):
-                        log.info("recomputed %d/%d later intervals", i, len(later))
-            result["later_intervals_recomputed"] = len(later)
-            return result
-
-    return _timed("fold", run)
+                recommendations.write_recommendations(
+                    con, model_id, later_start, later_end, s.top_n,
+                    s.half_life_hours, s.evidence_events,
+                )
+                if i % 24 == 0 or i == len(later):
+                    log.info("recomputed %d/%d later intervals", i, len(later))
+            # The recomputation is this task's work: run stats count it on the last hour.
+            seconds = round(time.perf_counter() - started, 3)
+            result["fold_seconds"] += seconds
+            if "per_hour" in result:
+                last = result["per_hour"][(end - HOUR).isoformat()]
+                last["fold_seconds"] += seconds
+        result["later_intervals_recomputed"] = len(later)
+        return result
 
 
 def _versions_checksum(con: Any, model_id: str, as_of: datetime) -> tuple | None:
@@ -193,26 +273,19 @@ def _later_intervals(con: Any, end: datetime) -> list[tuple[datetime, datetime]]
 def write_recommendations(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Top-N recommendations with evidence for every user with a new version."""
+    """Top-N recommendations with evidence for every user with a new version, hour by hour."""
     from interest_pipeline import embeddings, recommendations
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
     model_id, _ = embeddings.resolve_model(s.model)
-
-    def run() -> dict[str, Any]:
-        with open_warehouse(s.warehouse_path) as con:
-            return recommendations.write_recommendations(
-                con,
-                model_id,
-                to_utc_naive(start),
-                to_utc_naive(end),
-                s.top_n,
-                s.half_life_hours,
-                s.evidence_events,
-            )
-
-    return _timed("recommend", run)
+    with open_warehouse(s.warehouse_path) as con:
+        return _hour_by_hour(
+            "recommend", to_utc_naive(start), to_utc_naive(end),
+            lambda h_start, h_end: recommendations.write_recommendations(
+                con, model_id, h_start, h_end, s.top_n, s.half_life_hours, s.evidence_events,
+            ),
+        )
 
 
 def evaluate_recommendations(
@@ -228,14 +301,13 @@ def evaluate_recommendations(
 
     s = settings or get_settings()
     model_id, _ = embeddings.resolve_model(s.model)
-
-    def run() -> dict[str, Any]:
-        with open_warehouse(s.warehouse_path) as con:
-            return evaluation.evaluate_interval(
-                con, to_utc_naive(end), s.eval_horizon_hours, model_id
-            )
-
-    return _timed("evaluate", run)
+    with open_warehouse(s.warehouse_path) as con:
+        return _hour_by_hour(
+            "evaluate", to_utc_naive(start), to_utc_naive(end),
+            lambda _, h_end: evaluation.evaluate_interval(
+                con, h_end, s.eval_horizon_hours, model_id
+            ),
+        )
 
 
 def record_run_stats(
@@ -244,57 +316,82 @@ def record_run_stats(
     stage_results: list[dict[str, Any]],
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Write the interval's row of pipeline_runs (replacing any earlier row for it)."""
+    """Write one pipeline_runs row per hour of the interval (replacing earlier rows for them).
+
+    A stage that went hour by hour reports each hour (``per_hour``); work done once for the
+    whole interval (dbt, embedding) is counted on its first hour. Returns the last hour's row.
+    """
     from interest_pipeline import embeddings
-    from interest_pipeline.warehouse import fetch_one, open_warehouse, transaction
+    from interest_pipeline.warehouse import open_warehouse, transaction
 
     s = settings or get_settings()
     start, end = to_utc_naive(start), to_utc_naive(end)
-    merged: dict[str, Any] = {}
-    for result in stage_results:
-        merged.update(result or {})
     model_id, _ = embeddings.resolve_model(s.model)
-    with open_warehouse(s.warehouse_path) as con:
-        counts = fetch_one(
-            con,
-            """
-            select
-                (select count(*) from raw.event_lines where interval_start = $s),
-                (select count(*) from raw.item_lines where interval_start = $s),
-                (select count(*) from stg_landing__events where interval_start = $s),
-                (select count(*) from quarantine where interval_start = $s),
-                (select count(*) from quarantine
-                    where interval_start = $s and source_kind = 'events'),
-                (select count(*) from stg_landing__items where interval_start = $s)
-            """,
-            {"s": start},
-        )
-        assert counts is not None
-        lines, item_lines, events_in, quarantined, events_quarantined, items_upserted = counts
-        row = {
-            "interval_start": start,
-            "interval_end": end,
-            "event_lines_landed": lines,
-            "item_lines_landed": item_lines,
-            "events_in": events_in,
-            "duplicates": lines - events_quarantined - events_in,
-            "quarantined": quarantined,
-            "items_upserted": items_upserted,
-            "texts_embedded": merged.get("texts_embedded", 0),
-            "users_updated": merged.get("users_updated", 0),
-            "recommendations_written": merged.get("recommendations_written", 0),
-            **{f"{stage}_seconds": merged.get(f"{stage}_seconds") for stage in STAGES},
-            "model_id": model_id,
-            "code_version": code_version(),
-            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
-        }
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        with transaction(con):
-            con.execute("delete from pipeline_runs where interval_start = ?", [start])
+    version = code_version()
+    hours = interval_hours(start, end)
+    with open_warehouse(s.warehouse_path) as con, transaction(con):
+        for h_start, h_end in hours:
+            merged: dict[str, Any] = {}
+            for result in stage_results:
+                result = result or {}
+                if "per_hour" in result:
+                    merged.update(result["per_hour"].get(h_start.isoformat(), {}))
+                elif h_start == start:
+                    merged.update(result)
+            row = _run_stats_row(con, h_start, h_end, merged, model_id, version)
+            cols = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            con.execute("delete from pipeline_runs where interval_start = ?", [h_start])
             con.execute(f"insert into pipeline_runs ({cols}) values ({marks})", list(row.values()))
-    log.info("run stats for [%s, %s): %s", start, end, row)
+            log.info("run stats for [%s, %s): %s", h_start, h_end, row)
     return {k: v for k, v in row.items() if not isinstance(v, datetime)}
+
+
+def _run_stats_row(
+    con: Any,
+    start: datetime,
+    end: datetime,
+    merged: dict[str, Any],
+    model_id: str,
+    version: str,
+) -> dict[str, Any]:
+    """One hour's pipeline_runs row: line and row counts from the tables, the rest from the
+    stages' results for that hour."""
+    from interest_pipeline.warehouse import fetch_one
+
+    counts = fetch_one(
+        con,
+        """
+        select
+            (select count(*) from raw.event_lines where interval_start = $s),
+            (select count(*) from raw.item_lines where interval_start = $s),
+            (select count(*) from stg_landing__events where interval_start = $s),
+            (select count(*) from quarantine where interval_start = $s),
+            (select count(*) from quarantine
+                where interval_start = $s and source_kind = 'events'),
+            (select count(*) from stg_landing__items where interval_start = $s)
+        """,
+        {"s": start},
+    )
+    assert counts is not None
+    lines, item_lines, events_in, quarantined, events_quarantined, items_upserted = counts
+    return {
+        "interval_start": start,
+        "interval_end": end,
+        "event_lines_landed": lines,
+        "item_lines_landed": item_lines,
+        "events_in": events_in,
+        "duplicates": lines - events_quarantined - events_in,
+        "quarantined": quarantined,
+        "items_upserted": items_upserted,
+        "texts_embedded": merged.get("texts_embedded", 0),
+        "users_updated": merged.get("users_updated", 0),
+        "recommendations_written": merged.get("recommendations_written", 0),
+        **{f"{stage}_seconds": merged.get(f"{stage}_seconds") for stage in STAGES},
+        "model_id": model_id,
+        "code_version": version,
+        "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+    }
 
 
 def publish_snapshot(
@@ -382,10 +479,10 @@ def plan_embedding_shards(
 
     s = settings or get_settings()
     model_id, _ = embeddings.resolve_model(s.model)
+    start, end = to_utc_naive(start), to_utc_naive(end)
     with open_warehouse(s.warehouse_path, read_only=True) as con:
         paths = embeddings.write_text_shards(
-            con, model_id, to_utc_naive(start),
-            embeddings.shard_dir(s.data_dir, to_utc_naive(start)),
+            con, model_id, start, embeddings.shard_dir(s.data_dir, start, end), end
         )
     return [str(p) for p in paths]
 
@@ -427,7 +524,10 @@ def merge_text_embeddings(
     started = time.perf_counter()
     with open_warehouse(s.warehouse_path) as con:
         n = embeddings.merge_text_shards(con, [r["vectors"] for r in shards])
-    shutil.rmtree(embeddings.shard_dir(s.data_dir, to_utc_naive(start)), ignore_errors=True)
+    shutil.rmtree(
+        embeddings.shard_dir(s.data_dir, to_utc_naive(start), to_utc_naive(end)),
+        ignore_errors=True,
+    )
     seconds = time.perf_counter() - started + sum(r["seconds"] for r in shards)
     return {
         "texts_embedded": n,

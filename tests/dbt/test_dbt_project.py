@@ -231,7 +231,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     _land(warehouse, "item_lines", HOUR_2, HOUR_3, ITEM_LINES_2)
     second = _dbt_build(tmp, warehouse, HOUR_2, HOUR_3)
     rerun = _dbt_build(tmp, warehouse, HOUR_1, HOUR_2)
-    return {"first": first, "second": second, "rerun": rerun}
+    # The daily backfill DAG's way: both hours landed, then one build of [hour 1, hour 3).
+    batch_dir = tmp / "batch"
+    batch_dir.mkdir()
+    batch_warehouse = batch_dir / "warehouse.duckdb"
+    _create_raw_tables(batch_warehouse)
+    _land(batch_warehouse, "event_lines", HOUR_1, HOUR_2, EVENT_LINES_1)
+    _land(batch_warehouse, "item_lines", HOUR_1, HOUR_2, ITEM_LINES_1)
+    _land(batch_warehouse, "event_lines", HOUR_2, HOUR_3, EVENT_LINES_2)
+    _land(batch_warehouse, "item_lines", HOUR_2, HOUR_3, ITEM_LINES_2)
+    batch = _dbt_build(batch_dir, batch_warehouse, HOUR_1, HOUR_3)
+    batch_rerun = _dbt_build(batch_dir, batch_warehouse, HOUR_1, HOUR_3)
+    return {
+        "first": first, "second": second, "rerun": rerun,
+        "batch": batch, "batch_rerun": batch_rerun,
+    }
 
 
 def _rows(run: Run, table: str, columns: list[str]) -> list[dict[str, Any]]:
@@ -384,3 +398,11 @@ def test_every_build_ran_its_data_and_unit_tests(runs: dict[str, Run]) -> None:
     for name, run in runs.items():
         assert "unit_test" in run.output, name
         assert "ERROR=0" in run.output and "WARN=0" in run.output, name
+
+
+def test_building_two_hours_at_once_equals_building_them_one_by_one(
+    runs: dict[str, Run],
+) -> None:
+    for table in ACCUMULATED_TABLES:
+        assert runs["batch"].tables[table] == runs["second"].tables[table], table
+        assert runs["batch_rerun"].tables[table] == runs["second"].tables[table], table

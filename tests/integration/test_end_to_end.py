@@ -129,18 +129,70 @@ def test_every_hour_ran_through_the_scheduler_and_the_summary_is_printed(pipelin
     assert len(list(home.glob("run_id=backfill__*"))) == N_HOURS
 
 
-def test_backfill_equals_an_hour_by_hour_run(pipeline, tmp_path):
-    """The scheduler's backfill converges to exactly what processing each hour in turn gives."""
+def _in_process(pipeline, folder: Path, intervals: list[tuple[datetime, datetime]]) -> Path:
+    """Run the stages in this process over ``intervals`` in a fresh warehouse; its path."""
     settings = dataclasses.replace(
-        get_settings(), data_dir=tmp_path, warehouse_path=tmp_path / "w.duckdb",
+        get_settings(), data_dir=folder, warehouse_path=folder / "w.duckdb",
         landing_dir=pipeline["landing"],
     )
-    for hour in pipeline["hours"]:
-        stages.run_interval(hour, hour + timedelta(hours=1), settings)
-    hour_by_hour = _snapshot(settings.warehouse_path)
+    for start, end in intervals:
+        stages.run_interval(start, end, settings)
+    return settings.warehouse_path
+
+
+# pipeline_runs columns that must not depend on how the hours were grouped into runs.
+_RUN_COUNTS = (
+    "interval_start, interval_end, event_lines_landed, item_lines_landed, events_in, "
+    "duplicates, quarantined, items_upserted, users_updated, recommendations_written"
+)
+
+
+def _run_counts(warehouse: Path) -> list[tuple]:
+    con = connect(warehouse, read_only=True)
+    try:
+        return con.execute(f"select {_RUN_COUNTS} from pipeline_runs order by 1").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def hour_by_hour(pipeline, tmp_path_factory):
+    """The reference: every hour of the window processed in turn, in this process."""
+    hours = [(h, h + timedelta(hours=1)) for h in pipeline["hours"]]
+    warehouse = _in_process(pipeline, tmp_path_factory.mktemp("hour_by_hour"), hours)
+    return {"tables": _snapshot(warehouse), "runs": _run_counts(warehouse)}
+
+
+def test_backfill_equals_an_hour_by_hour_run(pipeline, hour_by_hour):
+    """The scheduler's backfill converges to exactly what processing each hour in turn gives."""
     backfilled = _snapshot(pipeline["warehouse"])
     for table in OUTPUT_TABLES:
-        assert backfilled[table] == hour_by_hour[table], table
+        assert backfilled[table] == hour_by_hour["tables"][table], table
+
+
+def test_one_interval_of_several_hours_equals_its_hours_one_by_one(
+    pipeline, hour_by_hour, tmp_path
+):
+    """What a daily backfill run does: ingest, dbt and embedding once over the whole interval,
+    the fold, recommendations and run stats hour by hour inside it."""
+    window = (pipeline["hours"][0], pipeline["hours"][-1] + timedelta(hours=1))
+    warehouse = _in_process(pipeline, tmp_path, [window])
+    at_once = _snapshot(warehouse)
+    for table in OUTPUT_TABLES:
+        assert at_once[table] == hour_by_hour["tables"][table], table
+    # One run-stats row per hour with that hour's own counts ...
+    assert _run_counts(warehouse) == hour_by_hour["runs"]
+    assert [r[:2] for r in hour_by_hour["runs"]] == [
+        (h, h + timedelta(hours=1)) for h in pipeline["hours"]
+    ]
+    # ... and one dbt build for the whole interval, counted on its first hour.
+    con = connect(warehouse, read_only=True)
+    try:
+        dbt = [r[0] for r in con.execute(
+            "select dbt_seconds from pipeline_runs order by interval_start").fetchall()]
+    finally:
+        con.close()
+    assert dbt[0] > 0 and all(seconds is None for seconds in dbt[1:])
 
 
 def test_events_in_equal_landed_minus_duplicates_minus_quarantined(pipeline):

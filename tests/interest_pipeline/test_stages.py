@@ -94,3 +94,40 @@ def test_a_changed_earlier_hour_recomputes_every_later_processed_hour(settings_f
         _process(settings, hour)
     result = stages.update_user_vectors(H[0], H[1], settings)
     assert result["later_intervals_recomputed"] == 3
+
+
+def test_an_interval_is_split_into_its_hours_even_from_airflows_pendulum_datetimes():
+    import pendulum
+
+    start = pendulum.datetime(2024, 3, 1, tz="UTC")
+    hours = stages.interval_hours(start, start.add(days=1))
+    assert len(hours) == 24
+    assert hours[0] == (datetime(2024, 3, 1, 0), datetime(2024, 3, 1, 1))
+    assert hours[-1] == (datetime(2024, 3, 1, 23), datetime(2024, 3, 2, 0))
+    assert all(type(a) is datetime and a.tzinfo is None for a, _ in hours)
+
+
+@pytest.mark.parametrize(
+    "start, end",
+    [(H[0], H[0]), (H[1], H[0]), (H[0], H[0] + timedelta(minutes=90)),
+     (H[0] + timedelta(minutes=30), H[2] + timedelta(minutes=30))],
+)
+def test_an_interval_that_is_not_whole_hours_is_refused(start, end):
+    with pytest.raises(ValueError, match="not a whole number of UTC hours"):
+        stages.interval_hours(start, end)
+
+
+def test_a_stage_over_several_hours_reports_totals_and_each_hour(monkeypatch):
+    results = iter([
+        {"users_updated": 2, "ndcg": None, "model_id": "m"},
+        {"users_updated": 3, "ndcg": 0.5, "model_id": "m"},
+    ])
+    out = stages._hour_by_hour("fold", H[0], H[2], lambda start, end: next(results))
+    assert out["users_updated"] == 5
+    assert out["ndcg"] == 0.5  # a metric is not summed: the last hour's
+    assert out["fold_seconds"] == pytest.approx(
+        sum(h["fold_seconds"] for h in out["per_hour"].values()))
+    assert list(out["per_hour"]) == [H[0].isoformat(), H[1].isoformat()]
+    assert out["per_hour"][H[1].isoformat()]["users_updated"] == 3
+    single = stages._hour_by_hour("fold", H[0], H[1], lambda start, end: {"users_updated": 1})
+    assert "per_hour" not in single and single["users_updated"] == 1

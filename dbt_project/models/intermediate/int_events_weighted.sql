@@ -3,7 +3,7 @@ with
 events as (
 
     select * from {{ ref('stg_landing__events') }}
-    where interval_start = {{ interval_start_literal() }}
+    where {{ in_run_interval('interval_start') }}
 
 ),
 

@@ -3,7 +3,7 @@ with
 source as (
 
     select * from {{ source('landing', 'event_lines') }}
-    where interval_start = {{ interval_start_literal() }}
+    where {{ in_run_interval('interval_start') }}
 
 ),
 

@@ -44,10 +44,12 @@ valid_events as (
 
 first_delivery_in_interval as (
 
+    -- The interval may span several arrival hours (a day of backfill): the earliest hour's
+    -- copy is the first delivery, exactly as when the hours are built one by one.
     select * from valid_events
     qualify row_number() over (
         partition by event_id
-        order by source_file, line_number
+        order by interval_start, source_file, line_number
     ) = 1
 
 ),

@@ -43,10 +43,10 @@ valid_items as (
 
 final as (
 
-    -- An upsert log: within the hour the last line for an item is its version.
+    -- An upsert log: within each arrival hour the last line for an item is its version.
     select * from valid_items
     qualify row_number() over (
-        partition by item_id
+        partition by item_id, interval_start
         order by source_file desc, line_number desc
     ) = 1
 

@@ -1,7 +1,7 @@
 {#-
     `unique` for a per-interval incremental model without scanning every row of history each
-    hour: the keys of the current interval (the run's interval_start) must each occur once in the
-    whole table, i.e. neither twice in this hour nor already in another hour.
+    hour: the keys of the current interval (the run's [interval_start, interval_end)) must each
+    occur once in the whole table, i.e. neither twice in this interval nor already in another hour.
 -#}
 {% test unique_across_intervals(model, column_name, interval_column='interval_start') %}
 
@@ -11,7 +11,7 @@ current_interval_keys as (
 
     select distinct {{ column_name }} as unique_field
     from {{ model }}
-    where {{ interval_column }} = {{ interval_start_literal() }}
+    where {{ in_run_interval(interval_column) }}
 
 ),
 
