@@ -163,6 +163,49 @@ def _describe_failure(run: Any, env: dict[str, str], dag_id: str) -> str:
     return "\n".join(lines)
 
 
+def wait_until_idle(dag_ids: tuple[str, ...], timeout: float = 900.0, poll: float = 3.0) -> None:
+    """Wait until no run of ``dag_ids`` is queued, running or due to be created.
+
+    For a scheduler that is already running: creating a backfill writes many rows, and on
+    SQLite a write that collides with the scheduler's can fail half-way ("database is
+    locked"), after which Airflow deletes the half-made runs, possibly under the scheduler's
+    feet. An idle scheduler writes little, so the backfill is created then.
+    """
+    from airflow.configuration import conf
+    from airflow.models import DagRun
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        with create_session() as session:
+            active = session.query(DagRun).filter(
+                DagRun.dag_id.in_(dag_ids), DagRun.state.in_(("queued", "running"))
+            ).count()
+            # A freshly parsed DAG's latest interval is due at once: the scheduler is about to
+            # create its run (unless it creates no scheduled runs at all).
+            due = 0
+            if conf.getboolean("scheduler", "use_job_schedule"):
+                due = session.query(DagModel).filter(
+                    DagModel.dag_id.in_(dag_ids),
+                    DagModel.is_paused.is_(False),
+                    DagModel.next_dagrun_create_after <= datetime.now(UTC),
+                ).count()
+        if not active and not due:
+            return
+        if time.monotonic() > deadline:
+            raise BackfillFailed(
+                f"{active + due} run(s) of {', '.join(dag_ids)} still active or due after "
+                f"{timeout:.0f}s"
+            )
+        if not told:
+            print("waiting for the scheduler's own runs to finish before creating the backfill",
+                  flush=True)
+            told = True
+        time.sleep(poll)
+
+
 def _wait_for_dag(env: dict[str, str], dag_id: str, timeout: float = 180.0) -> None:
     """Wait until the dag-processor has parsed the DAG into the metadata DB."""
     from airflow.models.dag import DagModel
@@ -338,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     already_running = all(airflow_local.status(env).values())
     try:
         if already_running:
+            _wait_for_dag(env, dag_id)
+            wait_until_idle((DAG_ID, DAILY_DAG_ID))
             backfill_id = create_backfill(runs, env, reprocess=args.reprocess, dag_id=dag_id)
         else:
             airflow_local.prepare(env)
