@@ -125,7 +125,7 @@ def build_dbt_models(
 
     s = settings or get_settings()
     start, end = to_utc_naive(start), to_utc_naive(end)
-    interval_hours(start, end)
+    interval_hours(start, end)  # refuse a partial hour before dbt sees it
     with open_warehouse(s.warehouse_path) as con:
         empty = _interval_is_empty(con, start, end)
     if empty:
