@@ -52,17 +52,24 @@ class BackfillFailed(RuntimeError):
 
 
 def create_backfill(
-    runs: list[datetime], env: dict[str, str], reprocess: bool = False, dag_id: str = DAG_ID
+    runs: list[datetime],
+    env: dict[str, str],
+    reprocess: bool = False,
+    dag_id: str = DAG_ID,
+    scheduler_running: bool = False,
 ) -> int:
     """Create an Airflow backfill of ``dag_id``'s intervals starting at ``runs``; return its id.
 
-    Created while the scheduler is stopped where possible: SQLite serialises writers, and the
-    many inserts of a backfill can lose the race against a busy scheduler ("database is locked").
+    Created while the scheduler is stopped where possible, else once it is idle (see
+    :func:`wait_until_idle`): SQLite serialises writers, and the many inserts of a backfill can
+    lose the race against a busy scheduler ("database is locked").
     """
     from airflow.models.backfill import Backfill
     from airflow.utils.session import create_session
 
     _wait_for_dag(env, dag_id)
+    if scheduler_running:
+        wait_until_idle((DAG_ID, DAILY_DAG_ID))
     cmd = [
         airflow_bin(), "backfill", "create", "--dag-id", dag_id,
         "--from-date", _aware(runs[0]).isoformat(),
@@ -381,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     already_running = all(airflow_local.status(env).values())
     try:
         if already_running:
-            _wait_for_dag(env, dag_id)
-            wait_until_idle((DAG_ID, DAILY_DAG_ID))
-            backfill_id = create_backfill(runs, env, reprocess=args.reprocess, dag_id=dag_id)
+            backfill_id = create_backfill(
+                runs, env, reprocess=args.reprocess, dag_id=dag_id, scheduler_running=True
+            )
         else:
             airflow_local.prepare(env)
             subprocess.run(

@@ -288,20 +288,22 @@ def recommend(
         try:
             consumed = _consumed(con, interval_start)
             evidence_rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
+            if config.popularity_weight or config.cooccurrence_weight:
+                _collect_engaged_pairs(con, interval_start)
             prior = (
                 _popularity_prior(
-                    con, len(item_ids), interval_start, interval_end,
-                    config.popularity_half_life_hours,
+                    con, len(item_ids), interval_end, config.popularity_half_life_hours
                 )
                 if config.popularity_weight
                 else None
             )
             behaviour = (
-                _cooccurrence(con, users.tolist(), len(item_ids), interval_start)
+                _cooccurrence(con, users.tolist(), len(item_ids))
                 if config.cooccurrence_weight
                 else {}
             )
         finally:
+            con.execute("drop table if exists _rec_engaged")
             con.unregister("_rec_users")
             con.unregister("_rec_items")
 
@@ -397,24 +399,17 @@ def _blend(
     return score
 
 
-def _cooccurrence(
-    con: duckdb.DuckDBPyConnection, users: list[str], n_items: int, interval_start: datetime
-) -> dict[str, np.ndarray]:
-    """B(u, .) for the users being scored (see the module docstring), from everyone's events.
+def _collect_engaged_pairs(con: duckdb.DuckDBPyConnection, interval_start: datetime) -> None:
+    """Everyone's positive (user, catalogue item) pairs up to the interval, with the latest
+    event of each, into the temp table ``_rec_engaged`` (user_id, j, last_event_at).
 
-    Needs ``_rec_items`` (item_id, j: catalogue position) registered. Everyone's distinct
-    positive (user, item) pairs come back as integer columns and the user ids are
-    dictionary-encoded by Arrow: no Python object per pair, so the cost per pair of history
-    stays a fraction of a microsecond.
+    Both the popularity prior and co-occurrence read it: the history is scanned once. Needs
+    ``_rec_items`` (item_id, j: catalogue position) registered; the caller drops the table.
     """
-    import numpy as np
-    import pyarrow.compute as pc
-    import scipy.sparse as sp
-
-    pairs = query_arrow(
-        con,
+    con.execute(
         """
-        select interactions.user_id, _rec_items.j
+        create or replace temp table _rec_engaged as
+        select interactions.user_id, _rec_items.j, max(interactions.event_at) as last_event_at
         from user_item_interactions as interactions
         inner join _rec_items on interactions.item_id = _rec_items.item_id
         where interactions.interval_start <= ? and interactions.weight > 0
@@ -422,6 +417,22 @@ def _cooccurrence(
         """,
         [interval_start],
     )
+
+
+def _cooccurrence(
+    con: duckdb.DuckDBPyConnection, users: list[str], n_items: int
+) -> dict[str, np.ndarray]:
+    """B(u, .) for the users being scored (see the module docstring), from everyone's events.
+
+    Reads ``_rec_engaged`` (see :func:`_collect_engaged_pairs`). The pairs come back as
+    integer columns and the user ids are dictionary-encoded by Arrow: no Python object per
+    pair, so the cost per pair of history stays a fraction of a microsecond.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+    import scipy.sparse as sp
+
+    pairs = query_arrow(con, "select user_id, j from _rec_engaged")
     if pairs.num_rows == 0:
         return {}
     encoded = pc.dictionary_encode(pairs.column("user_id").combine_chunks())
@@ -457,26 +468,19 @@ _FIXED_POINT = 2.0**50
 def _popularity_prior(
     con: duckdb.DuckDBPyConnection,
     n_items: int,
-    interval_start: datetime,
     interval_end: datetime,
     half_life_hours: float,
 ) -> np.ndarray:
     """log1p(P_j) / log1p(max P): P_j = users who engaged with j, each decayed by the age of
     their latest positive event on it (a wholesaler's fifty lines count once).
 
-    Needs ``_rec_items`` (item_id, j: catalogue position) registered."""
+    Reads ``_rec_engaged`` (see :func:`_collect_engaged_pairs`)."""
     import numpy as np
 
     rows = con.execute(
         """
-        with engaged as (
-            select user_id, item_id, max(event_at) as last_event_at
-            from user_item_interactions
-            where interval_start <= $start and weight > 0
-            group by user_id, item_id
-        )
         select
-            _rec_items.j,
+            j,
             sum(
                 cast(
                     round(
@@ -486,12 +490,10 @@ def _popularity_prior(
                     ) as bigint
                 )
             ) as popularity
-        from engaged
-        inner join _rec_items on engaged.item_id = _rec_items.item_id
-        group by _rec_items.j
+        from _rec_engaged
+        group by j
         """,
         {
-            "start": interval_start,
             "end": interval_end,
             "half_life": half_life_hours,
             "scale": _FIXED_POINT,
