@@ -55,10 +55,7 @@ _HISTORY = {
 }
 _KEY = {"main.user_interest_vectors": "as_of", "main.recommendations": "as_of"}
 
-# The two shapes of history: the same people every hour (each user's history grows with every
-# hour: the hardest case for per-user work) or new people every hour (the catalogue-wide
-# statistics, popularity and co-occurrence, grow with every hour).
-SHAPES = ("same users", "new users")
+SHAPES = ("same users", "new users")  # the two shapes of history (module docstring)
 
 
 def write_history(
