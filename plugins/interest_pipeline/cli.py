@@ -79,32 +79,52 @@ def get_recommendations(
     model_id: str,
     as_of: datetime | None = None,
     n: int = 10,
+    new_visitor: bool = False,
 ) -> dict[str, Any]:
-    """The recommendations of the user's version in force at ``as_of`` (default: the latest).
+    """The user's list in force at ``as_of`` (default: the latest): written with the user's
+    newest version or by a later daily refresh. ``new_visitor``: the list served to users
+    with no history instead.
 
     Raises:
-        NotFoundError: Unknown user, no version by then, or that version has no
-            recommendations (no item scored positive).
+        NotFoundError: Unknown user (a new visitor: the message says how to see their list),
+            no version by then, or no list (no item scored positive).
     """
-    version = _version(con, user_id, model_id, as_of)
+    if new_visitor:
+        return get_new_visitor_list(con, user_id, model_id, as_of, n)
+    try:
+        version = _version(con, user_id, model_id, as_of)
+    except NotFoundError as error:
+        if str(error).startswith("unknown user"):
+            raise NotFoundError(
+                f"unknown user {user_id!r}: a new visitor, with no history yet; "
+                "--new-visitor shows the list served to new visitors"
+            ) from error
+        raise
     version.pop("vector")
     rows = con.execute(
         """
+        with list as (
+            select max(as_of) as as_of from recommendations
+            where user_id = $user and model_id = $model and as_of >= $version
+                and as_of <= coalesce($at, 'infinity'::timestamp)
+        )
         select
             recommendations.rank,
             recommendations.item_id,
             items.title,
             recommendations.score,
-            recommendations.evidence
+            recommendations.evidence,
+            recommendations.as_of,
+            recommendations.ranker_version
         from recommendations
+        inner join list on recommendations.as_of = list.as_of
         left join items on recommendations.item_id = items.item_id
-        where recommendations.user_id = ?
-            and recommendations.as_of = ?
-            and recommendations.model_id = ?
+        where recommendations.user_id = $user
+            and recommendations.model_id = $model
         order by recommendations.rank
-        limit ?
+        limit $n
         """,
-        [user_id, version["as_of"], model_id, n],
+        {"user": user_id, "model": model_id, "version": version["as_of"], "at": as_of, "n": n},
     ).fetchall()
     if not rows:
         raise NotFoundError(
@@ -114,9 +134,57 @@ def get_recommendations(
     recs = [
         {"rank": rank, "item_id": item, "title": title, "score": score,
          "evidence": json.loads(evidence)}
-        for rank, item, title, score, evidence in rows
+        for rank, item, title, score, evidence, _, _ in rows
     ]
-    return {"user_id": user_id, "model_id": model_id, **version, "recommendations": recs}
+    return {
+        "user_id": user_id, "model_id": model_id, "new_user": False, **version,
+        "list_as_of": rows[0][5], "ranker_version": rows[0][6], "recommendations": recs,
+    }
+
+
+def get_new_visitor_list(
+    con: duckdb.DuckDBPyConnection,
+    user_id: str,
+    model_id: str,
+    as_of: datetime | None = None,
+    n: int = 10,
+) -> dict[str, Any]:
+    """The list served to visitors with no history, in force at ``as_of``: trending now."""
+    from interest_pipeline.warehouse import table_exists
+
+    if not table_exists(con, "new_user_recommendations"):
+        raise NotFoundError("no new-visitor list yet: no run has written one")
+    rows = con.execute(
+        """
+        with list as (
+            select max(as_of) as as_of from new_user_recommendations
+            where model_id = $model and as_of <= coalesce($at, 'infinity'::timestamp)
+        )
+        select lists.rank, lists.item_id, items.title, lists.score, lists.as_of,
+            lists.ranker_version
+        from new_user_recommendations as lists
+        inner join list on lists.as_of = list.as_of
+        left join items on lists.item_id = items.item_id
+        where lists.model_id = $model
+        order by lists.rank
+        limit $n
+        """,
+        {"model": model_id, "at": as_of, "n": n},
+    ).fetchall()
+    if not rows:
+        raise NotFoundError(f"no new-visitor list as of {as_of}")
+    ((seen,),) = con.execute(
+        "select count(*) from user_item_interactions where user_id = ?", [user_id]
+    ).fetchall()
+    recs = [
+        {"rank": rank, "item_id": item, "title": title, "score": score,
+         "evidence": [{"event_type": "trending", "text": "popular with recent visitors"}]}
+        for rank, item, title, score, _, _ in rows
+    ]
+    return {
+        "user_id": user_id, "model_id": model_id, "new_user": True, "known_user": bool(seen),
+        "list_as_of": rows[0][4], "ranker_version": rows[0][5], "recommendations": recs,
+    }
 
 
 def describe_profile(
@@ -586,8 +654,15 @@ def _version_line(data: dict[str, Any]) -> str:
 
 def print_recommendations(data: dict[str, Any]) -> None:
     """Human output of ``recs``."""
-    print(f"user {data['user_id']}, version {_version_line(data)}")
-    print(f"model {data['model_id']}\n")
+    if data["new_user"]:
+        known = "known, but shown" if data["known_user"] else "new (no history):"
+        print(f"user {data['user_id']} is {known} the list served to new visitors, "
+              f"as of {data['list_as_of']}")
+    else:
+        print(f"user {data['user_id']}, version {_version_line(data)}")
+        if data["list_as_of"] != data["as_of"]:
+            print(f"list re-scored as of {data['list_as_of']}")
+    print(f"model {data['model_id']}, ranker {data['ranker_version'] or 'default'}\n")
     rows = [{**rec, "because": _because(rec["evidence"])} for rec in data["recommendations"]]
     columns = [("rank", "rank"), ("score", "score"), ("item_id", "item_id"),
                ("title", "title"), ("because", "because")]
@@ -726,9 +801,13 @@ def _recs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-of", type=parse_time, metavar="T",
                         help="use the version in force at T (default: the latest)")
     parser.add_argument("-n", type=_positive_int, default=10, help="how many (default: 10)")
+    parser.add_argument("--new-visitor", action="store_true",
+                        help="show the list served to users with no history (trending now)")
     parser.set_defaults(
         needs_model=True,
-        fetch=lambda con, a: get_recommendations(con, a.user, a.model_id, a.as_of, a.n),
+        fetch=lambda con, a: get_recommendations(
+            con, a.user, a.model_id, a.as_of, a.n, a.new_visitor
+        ),
         render=print_recommendations,
     )
 

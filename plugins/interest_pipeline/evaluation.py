@@ -18,11 +18,22 @@
   never dropped.
 - *Model*: the recommendations in force at T, i.e. each user's newest version with
   ``as_of <= T`` (the hourly pipeline writes a version only for users whose vector changed).
-- *Baselines*, from the events known at T, excluding each user's consumed items like the model:
+  A user with no personal version gets, when the table ``new_user_recommendations`` exists,
+  the newest new-visitor list of the model with ``as_of <= T`` (by rank), minus the items
+  that user consumed by T; without that table such a user has no list.
+- *Baselines*, from the events known at T, excluding each user's consumed items like the model
+  (algorithms in :mod:`interest_pipeline.baselines`; ties break by item id):
   ``popularity_7d`` (distinct users with a positive-weight event on the item in [T - 7 d, T)),
-  ``popularity_all`` (same over all known history) and ``cooccurrence`` (item-to-item:
+  ``popularity_all`` (same over all known history), ``cooccurrence`` (item-to-item:
   score(j) = sum over the user's positively engaged items i of the number of users who engaged
-  with both i and j; users with no co-occurring item get no list). Ties break by item id.
+  with both i and j; users with no co-occurring item get no list), and two peers, ``ease``
+  (EASE^R on the most engaged items) and ``itemknn`` (item-based kNN, shrunk cosine).
+- *Peers' hyper-parameters* (``PEER_GRIDS``) are chosen per cut-off on a time split strictly
+  before T (:func:`choose_hyperparameters`): fitted on the events known at T - h, scored by
+  NDCG@10 over the users known at T - h against their relevant items of [T - h, T); the best
+  point (the first on ties) is then fitted on the events known at T. Fits are cached per
+  process, so a run over cut-offs h apart fits each (data, point) once; at most one fit per
+  grid point per cut-off otherwise (EASE: 1-2 s each for 3,000 items on 2 cores).
 
 **Metrics** (binary relevance; R = relevant set of a user, L = a method's ranked list, L_K its
 first K items):
@@ -36,12 +47,19 @@ first K items):
 - ``new_item_recall@K``: recall over the relevant items that had no known event at T
   (cold-start items; popularity and co-occurrence can never reach them);
 - ``users`` = number of users evaluated (also in every row's ``users_evaluated``).
+
+:func:`evaluate_cutoff` also returns every user's recall, NDCG and hit rate per method (the
+paired samples of :func:`interest_pipeline.bootstrap.paired_bootstrap`) and the chosen
+hyper-parameters; only the means go to the ``evaluation`` table.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,12 +70,29 @@ from interest_pipeline.warehouse import transaction
 if TYPE_CHECKING:
     import duckdb
 
+    from interest_pipeline import baselines
+
 log = logging.getLogger(__name__)
+
+# (method, params, k, data fingerprint) -> (users asked for, their lists), least recently used
+# first. A run over cut-offs 6 h apart with a 24 h horizon reuses a fit four cut-offs (~50 fits)
+# later; the bound keeps memory at a few lists per user per entry.
+_PEER_CACHE: OrderedDict[tuple, tuple[frozenset[str], dict[str, list[str]]]] = OrderedDict()
+_PEER_CACHE_SIZE = 64
 
 KS = (10, 20)
 MODEL = "model"
-BASELINES = ("popularity_7d", "popularity_all", "cooccurrence")
+PEERS = ("ease", "itemknn")
+BASELINES = ("popularity_7d", "popularity_all", "cooccurrence", *PEERS)
 METHODS = (MODEL, *BASELINES)
+# Tuned per cut-off on the split before it (``choose_hyperparameters``). Order matters: ties,
+# and cut-offs with no tuning user, go to the first point.
+PEER_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
+    "ease": tuple({"l2": l2} for l2 in (10.0, 50.0, 200.0, 500.0, 1000.0)),
+    "itemknn": tuple(
+        {"neighbours": n, "shrink": shrink} for n in (20, 50, 200) for shrink in (0.0, 10.0)
+    ),
+}
 POPULATIONS = ("known", "all")
 RANKING_METRICS = ("recall", "ndcg", "hit_rate", "new_item_recall")
 RECENT_POPULARITY = timedelta(days=7)
@@ -115,6 +150,22 @@ def catalogue_coverage(lists: Iterable[Sequence[str]], catalogue_size: int, k: i
     return len(seen) / catalogue_size
 
 
+def user_scores(
+    lists: Mapping[str, Sequence[str]],
+    relevant: Mapping[str, set[str]],
+    ks: Sequence[int] = KS,
+) -> dict[tuple[str, int], list[float]]:
+    """Recall, NDCG and hit rate at each k of every user of ``sorted(relevant)``, in that
+    order (a user without a list scores 0): {(metric, k): values}."""
+    users = sorted(relevant)
+    out: dict[tuple[str, int], list[float]] = {}
+    for k in ks:
+        for name, metric in (("recall", recall_at_k), ("ndcg", ndcg_at_k),
+                             ("hit_rate", hit_rate_at_k)):
+            out[(name, k)] = [metric(lists.get(u, ()), relevant[u], k) for u in users]
+    return out
+
+
 def score_lists(
     lists: Mapping[str, Sequence[str]],
     relevant: Mapping[str, set[str]],
@@ -128,17 +179,10 @@ def score_lists(
     users = sorted(relevant)
     n = len(users)
     out: dict[tuple[str, int | None], float | None] = {("users", None): float(n)}
+    per_user = user_scores(lists, relevant, ks)
     for k in ks:
-        rows = [
-            (
-                recall_at_k(lists.get(u, ()), relevant[u], k),
-                ndcg_at_k(lists.get(u, ()), relevant[u], k),
-                hit_rate_at_k(lists.get(u, ()), relevant[u], k),
-            )
-            for u in users
-        ]
-        for m, name in enumerate(("recall", "ndcg", "hit_rate")):
-            out[(name, k)] = sum(r[m] for r in rows) / n if n else None
+        for name in ("recall", "ndcg", "hit_rate"):
+            out[(name, k)] = sum(per_user[(name, k)]) / n if n else None
         cold = [(u, relevant[u] & new_items) for u in users]
         cold = [(u, r) for u, r in cold if r]
         out[("new_item_recall", k)] = (
@@ -157,16 +201,12 @@ def score_lists(
 # --------------------------------------------------------------------------------------------
 
 
-def _known_positive(con: duckdb.DuckDBPyConnection, as_of: datetime) -> list[tuple]:
-    """(user, item, event_at) of positive-weight item events known at ``as_of``."""
-    return con.execute(
-        """
-        select user_id, item_id, event_at
-        from user_item_interactions
-        where interval_start < ? and item_id is not null and weight > 0
-        """,
+def _known_users(con: duckdb.DuckDBPyConnection, as_of: datetime) -> set[str]:
+    rows = con.execute(
+        "select distinct user_id from user_item_interactions where interval_start < ?",
         [as_of],
     ).fetchall()
+    return {row[0] for row in rows}
 
 
 def _consumed_by(con: duckdb.DuckDBPyConnection, as_of: datetime) -> dict[str, set[str]]:
@@ -185,10 +225,42 @@ def _consumed_by(con: duckdb.DuckDBPyConnection, as_of: datetime) -> dict[str, s
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _History:
+    """What the baselines see at a cut-off."""
+
+    events: list[tuple]  # (user, item, event_at) of positive-weight item events known at T
+    pairs: baselines.Interactions  # their (user, item) pairs
+    consumed: dict[str, set[str]]
+    fingerprint: str  # of pairs and consumed: the peer-fit cache key
+
+
+def _history(con: duckdb.DuckDBPyConnection, as_of: datetime) -> _History:
+    events = con.execute(
+        """
+        select user_id, item_id, event_at
+        from user_item_interactions
+        where interval_start < ? and item_id is not null and weight > 0
+        """,
+        [as_of],
+    ).fetchall()
+    from interest_pipeline import baselines
+
+    pairs = sorted({(user, item) for user, item, _ in events})
+    consumed = _consumed_by(con, as_of)
+    digest = hashlib.sha256(repr(pairs).encode())
+    digest.update(repr(sorted((u, sorted(items)) for u, items in consumed.items())).encode())
+    return _History(events, baselines.Interactions.of(pairs), consumed, digest.hexdigest())
+
+
 def relevant_items(
-    con: duckdb.DuckDBPyConnection, as_of: datetime, horizon_hours: float
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    horizon_hours: float,
+    consumed: Mapping[str, set[str]] | None = None,
 ) -> dict[str, set[str]]:
-    """Per user, the items that count as hits for recommendations as of ``as_of``."""
+    """Per user, the items that count as hits for recommendations as of ``as_of``
+    (``consumed``: the items consumed by then, if already at hand)."""
     end = as_of + timedelta(hours=horizon_hours)
     rows = con.execute(
         """
@@ -199,7 +271,8 @@ def relevant_items(
         """,
         [as_of, end, end],
     ).fetchall()
-    consumed = _consumed_by(con, as_of)
+    if consumed is None:
+        consumed = _consumed_by(con, as_of)
     out: dict[str, set[str]] = {}
     for user, item in rows:
         if item not in consumed.get(user, ()):
@@ -207,13 +280,53 @@ def relevant_items(
     return out
 
 
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute(
+        """
+        select count(*) from information_schema.tables
+        where table_name = ? and table_schema = current_schema()
+            and table_catalog = current_database()
+        """,
+        [name],
+    ).fetchall()
+    return rows[0][0] > 0
+
+
+def new_user_list_in_force(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, model_id: str
+) -> list[str]:
+    """The new-visitor list in force at ``as_of`` (the newest ``new_user_recommendations``
+    version with as_of <= T), by rank; empty when there is none or no such table."""
+    if not _has_table(con, "new_user_recommendations"):
+        return []
+    rows = con.execute(
+        """
+        select item_id
+        from new_user_recommendations
+        where model_id = ? and as_of = (
+            select max(as_of) from new_user_recommendations where model_id = ? and as_of <= ?
+        )
+        order by rank, item_id
+        """,
+        [model_id, model_id, as_of],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def model_lists(
-    con: duckdb.DuckDBPyConnection, as_of: datetime, model_id: str, users: Iterable[str]
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    model_id: str,
+    users: Iterable[str],
+    consumed: Mapping[str, set[str]] | None = None,
 ) -> dict[str, list[str]]:
-    """The recommendations in force at ``as_of``: each user's newest version with as_of <= T."""
+    """The recommendations in force at ``as_of``: each user's newest version with as_of <= T.
+    A user without one gets the new-visitor list (:func:`new_user_list_in_force`) minus the
+    items they consumed by T (``consumed``, read when not given)."""
     import pyarrow as pa
 
-    con.register("_eval_users", pa.table({"user_id": pa.array(sorted(users), pa.string())}))
+    users = sorted(users)
+    con.register("_eval_users", pa.table({"user_id": pa.array(users, pa.string())}))
     try:
         rows = con.execute(
             """
@@ -239,83 +352,120 @@ def model_lists(
     out: dict[str, list[str]] = {}
     for user, item in rows:
         out.setdefault(user, []).append(item)
+    fallback = new_user_list_in_force(con, as_of, model_id)
+    if fallback:
+        if consumed is None:
+            consumed = _consumed_by(con, as_of)
+        for user in users:
+            if user not in out:
+                mine = consumed.get(user, set())
+                out[user] = [item for item in fallback if item not in mine]
     return out
 
 
-def _popularity_order(events: Sequence[tuple], since: datetime | None) -> list[str]:
-    """Items by distinct users engaging (desc), then item id."""
-    users_per_item: dict[str, set[str]] = {}
-    for user, item, at in events:
-        if since is None or at >= since:
-            users_per_item.setdefault(item, set()).add(user)
-    return sorted(users_per_item, key=lambda item: (-len(users_per_item[item]), item))
-
-
-def _top_excluding(order: Sequence[str], exclude: set[str], k: int) -> list[str]:
-    out = []
-    for item in order:
-        if item not in exclude:
-            out.append(item)
-            if len(out) == k:
-                break
-    return out
-
-
-def _cooccurrence_lists(
-    events: Sequence[tuple], users: Sequence[str], consumed: Mapping[str, set[str]], k: int
+def _peer_lists(
+    method: str,
+    params: Mapping[str, Any],
+    history: _History,
+    users: Iterable[str],
+    k: int,
 ) -> dict[str, list[str]]:
-    import numpy as np
-    import scipy.sparse as sp
+    """A peer baseline's lists, fitted at most once per (data, hyper-parameters, k) in this
+    process: the tuning split of cut-off T + h refits exactly the final fit of cut-off T."""
+    from interest_pipeline import baselines
 
-    pairs = sorted({(user, item) for user, item, _ in events})
-    if not pairs:
-        return {}
-    all_users = sorted({u for u, _ in pairs})
-    items = np.array(sorted({i for _, i in pairs}), dtype=object)
-    u_index = {u: n for n, u in enumerate(all_users)}
-    i_index = {i: n for n, i in enumerate(items)}
-    x = sp.csr_matrix(
-        (
-            np.ones(len(pairs)),
-            ([u_index[u] for u, _ in pairs], [i_index[i] for _, i in pairs]),
-        ),
-        shape=(len(all_users), len(items)),
-    )
-    co = (x.T @ x).tocsr()
-    co.setdiag(0)
-    co.eliminate_zeros()
-    out: dict[str, list[str]] = {}
-    known = [u for u in users if u in u_index]
-    for start in range(0, len(known), 512):
-        block = known[start : start + 512]
-        scores = np.asarray((x[[u_index[u] for u in block]] @ co).todense())
-        for row, user in zip(scores, block, strict=True):
-            for item in consumed.get(user, ()):
-                j = i_index.get(item)
-                if j is not None:
-                    row[j] = 0.0
-            candidates = np.flatnonzero(row > 0)
-            # Highest score first, then item id (items are sorted, so index order is id order).
-            ranked = candidates[np.lexsort((candidates, -row[candidates]))][:k]
-            if len(ranked):
-                out[user] = items[ranked].tolist()
+    users = frozenset(users)
+    key = (method, tuple(sorted(params.items())), k, history.fingerprint)
+    hit = _PEER_CACHE.get(key)
+    if hit is not None and users <= hit[0]:
+        _PEER_CACHE.move_to_end(key)
+        return {u: items for u, items in hit[1].items() if u in users}
+    fit = {"ease": baselines.ease_lists, "itemknn": baselines.itemknn_lists}[method]
+    lists = fit(history.pairs, users, history.consumed, k, **params)
+    _PEER_CACHE[key] = (users, lists)
+    while len(_PEER_CACHE) > _PEER_CACHE_SIZE:
+        _PEER_CACHE.popitem(last=False)
+    return dict(lists)
+
+
+def _baselines(
+    history: _History,
+    as_of: datetime,
+    users: Iterable[str],
+    k: int,
+    hyperparameters: Mapping[str, Mapping[str, Any]],
+    peers: bool = True,
+) -> dict[str, dict[str, list[str]]]:
+    from interest_pipeline import baselines
+
+    users = sorted(users)
+    recent = baselines.popularity_order(history.events, as_of - RECENT_POPULARITY)
+    ever = baselines.popularity_order(history.events, None)
+    consumed = history.consumed
+    out = {
+        name: {u: baselines.top_excluding(order, consumed.get(u, set()), k) for u in users}
+        for name, order in (("popularity_7d", recent), ("popularity_all", ever))
+    }
+    out["cooccurrence"] = baselines.cooccurrence_lists(history.pairs, users, consumed, k)
+    for method in PEERS if peers else ():
+        out[method] = _peer_lists(method, hyperparameters.get(method, {}), history, users, k)
     return out
 
 
 def baseline_lists(
-    con: duckdb.DuckDBPyConnection, as_of: datetime, users: Iterable[str], k: int
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    users: Iterable[str],
+    k: int,
+    hyperparameters: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
-    """Top-k lists of every baseline for ``users``, from the events known at ``as_of``."""
-    users = sorted(users)
-    events = _known_positive(con, as_of)
-    consumed = _consumed_by(con, as_of)
-    recent = _popularity_order(events, as_of - RECENT_POPULARITY)
-    ever = _popularity_order(events, None)
-    return {
-        "popularity_7d": {u: _top_excluding(recent, consumed.get(u, set()), k) for u in users},
-        "popularity_all": {u: _top_excluding(ever, consumed.get(u, set()), k) for u in users},
-        "cooccurrence": _cooccurrence_lists(events, users, consumed, k),
-    }
+    """Top-k lists of every baseline for ``users``, from the events known at ``as_of``;
+    ``hyperparameters`` {method: {name: value}} for the peers (their defaults otherwise)."""
+    return _baselines(_history(con, as_of), as_of, users, k, hyperparameters or {})
+
+
+def choose_hyperparameters(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    horizon_hours: float,
+    k: int = max(KS),
+) -> dict[str, dict[str, Any]]:
+    """Per peer baseline, the grid point of :data:`PEER_GRIDS` with the best NDCG@10 on a time
+    split strictly before ``as_of``: fitted on the events known at ``T - h``, scored against
+    the relevant items of [T - h, T) of the users known at T - h. Ties, and splits with no
+    such user, go to the first grid point.
+
+    Returns {method: {"params", "tuned_as_of", "tuning_users", "tuning_ndcg@10", "grid"}},
+    ``grid`` listing every point with its NDCG@10.
+    """
+    tune_at = as_of - timedelta(hours=horizon_hours)
+    history = _history(con, tune_at)
+    relevant = relevant_items(con, tune_at, horizon_hours, history.consumed)
+    known = _known_users(con, tune_at)
+    tuning = {u: r for u, r in relevant.items() if u in known}
+    out: dict[str, dict[str, Any]] = {}
+    for method in PEERS:
+        points = PEER_GRIDS[method]
+        scores: list[float | None] = []
+        for params in points:
+            ndcg = None
+            if tuning:
+                # Lists for every relevant user, not just the known ones, so that the fit is
+                # the one cut-off T - h asks for (a cache hit in a run over many cut-offs).
+                lists = _peer_lists(method, params, history, relevant, k)
+                ndcg = score_lists(lists, tuning, 0, ks=(10,))[("ndcg", 10)]
+            scores.append(ndcg)
+        # max keeps the first of equal values: ties go to the earlier grid point.
+        best = max(range(len(points)), key=lambda n: scores[n] or 0.0)
+        out[method] = {
+            "params": dict(points[best]),
+            "tuned_as_of": tune_at,
+            "tuning_users": len(tuning),
+            "tuning_ndcg@10": scores[best],
+            "grid": [{**p, "ndcg@10": v} for p, v in zip(points, scores, strict=True)],
+        }
+        log.info("%s at %s: %s (tuning NDCG@10 %s)", method, as_of, points[best], scores[best])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,27 +473,42 @@ def baseline_lists(
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_as_of(
+@dataclasses.dataclass(frozen=True)
+class CutoffEvaluation:
+    """Everything measured at one cut-off.
+
+    Attributes:
+        as_of: the cut-off T.
+        rows: the ``evaluation`` table's rows (see :func:`evaluate_as_of`).
+        users: {population: the users evaluated, sorted}.
+        per_user: {population: {method: {(metric, k): values}}}, the recall, ndcg and hit_rate
+            of each user of ``users[population]``, in that order (0 for a missing list): the
+            paired samples of a significance test.
+        hyperparameters: the peers' chosen hyper-parameters (:func:`choose_hyperparameters`).
+    """
+
+    as_of: datetime
+    rows: list[dict[str, Any]]
+    users: dict[str, list[str]]
+    per_user: dict[str, dict[str, dict[tuple[str, int], list[float]]]]
+    hyperparameters: dict[str, dict[str, Any]]
+
+
+def evaluate_cutoff(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
     horizon_hours: float,
     model_id: str,
     ks: Sequence[int] = KS,
-) -> list[dict[str, Any]]:
+    peers: bool = True,
+) -> CutoffEvaluation:
     """Score the model's recommendations in force at ``as_of`` and every baseline, on the same
-    users, against the events of the following ``horizon_hours``.
-
-    Returns one dict per (population, method, metric, k) with keys population, method, metric,
-    k, value, users_evaluated (see the module docstring for the protocol).
-    """
-    relevant = relevant_items(con, as_of, horizon_hours)
-    known_users = {
-        row[0]
-        for row in con.execute(
-            "select distinct user_id from user_item_interactions where interval_start < ?",
-            [as_of],
-        ).fetchall()
-    }
+    users, against the events of the following ``horizon_hours``; the peers' hyper-parameters
+    are chosen first on the split before ``as_of``. ``peers=False`` leaves the peers (EASE^R,
+    ItemKNN: seconds per cut-off) out."""
+    history = _history(con, as_of)
+    relevant = relevant_items(con, as_of, horizon_hours, history.consumed)
+    known_users = _known_users(con, as_of)
     # fetchall, not fetchone: DuckDB keeps a half-fetched result open on the connection.
     ((catalogue,),) = con.execute("select count(*) from item_documents").fetchall()
     seen_items = {
@@ -356,17 +521,30 @@ def evaluate_as_of(
     }
     new_items = {item for items in relevant.values() for item in items} - seen_items
     k_max = max(ks)
-    lists = {MODEL: model_lists(con, as_of, model_id, relevant)}
-    lists.update(baseline_lists(con, as_of, relevant, k_max))
-    out = []
+    hyperparameters = choose_hyperparameters(con, as_of, horizon_hours, k_max) if peers else {}
+    lists = {MODEL: model_lists(con, as_of, model_id, relevant, history.consumed)}
+    lists.update(
+        _baselines(
+            history, as_of, relevant, k_max,
+            {method: chosen["params"] for method, chosen in hyperparameters.items()},
+            peers,
+        )
+    )
+    methods = METHODS if peers else tuple(m for m in METHODS if m not in PEERS)
+    rows = []
+    users: dict[str, list[str]] = {}
+    per_user: dict[str, dict[str, dict[tuple[str, int], list[float]]]] = {}
     for population in POPULATIONS:
         rel = relevant if population == "all" else {
             u: r for u, r in relevant.items() if u in known_users
         }
-        for method in METHODS:
+        users[population] = sorted(rel)
+        per_user[population] = {}
+        for method in methods:
+            per_user[population][method] = user_scores(lists[method], rel, ks)
             scores = score_lists(lists[method], rel, catalogue, new_items, ks)
             for (metric, k), value in scores.items():
-                out.append(
+                rows.append(
                     {
                         "population": population,
                         "method": method,
@@ -376,7 +554,21 @@ def evaluate_as_of(
                         "users_evaluated": len(rel),
                     }
                 )
-    return out
+    return CutoffEvaluation(as_of, rows, users, per_user, hyperparameters)
+
+
+def evaluate_as_of(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    horizon_hours: float,
+    model_id: str,
+    ks: Sequence[int] = KS,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`evaluate_cutoff`: one dict per (population, method, metric, k) with
+    keys population, method, metric, k, value, users_evaluated (see the module docstring for
+    the protocol). The per-user values and hyper-parameters are on ``evaluate_cutoff``'s
+    result."""
+    return evaluate_cutoff(con, as_of, horizon_hours, model_id, ks).rows
 
 
 def record_evaluation(
@@ -424,10 +616,14 @@ def evaluate_interval(
     """The hourly DAG's evaluation: in the run for the interval ending at E, evaluate the
     recommendations as of ``T = E - horizon`` (every event of (T, E] is known by then).
 
-    Idempotent: replaces that cut-off's rows. Returns a small summary for XCom.
+    The peers (EASE^R, ItemKNN, tuned on the day before) cost seconds per cut-off, so the
+    hourly task scores them once a day, at the cut-off at midnight UTC; the other hours score
+    the model and the cheap baselines. Idempotent: replaces that cut-off's rows. Returns a
+    small summary for XCom.
     """
     as_of = interval_end - timedelta(hours=horizon_hours)
-    rows = evaluate_as_of(con, as_of, horizon_hours, model_id)
+    daily = as_of.hour == 0 and as_of.minute == 0
+    rows = evaluate_cutoff(con, as_of, horizon_hours, model_id, peers=daily).rows
     record_evaluation(con, as_of, horizon_hours, model_id, rows)
     headline = {
         f"{r['method']}_{r['metric']}@{r['k']}": r["value"]

@@ -34,7 +34,7 @@ def runs_interval(run_type: str, backfill_only: bool) -> bool:
 def build_pipeline_dag(
     dag_id: str, schedule: Any, doc_md: str, tags: list[str], backfill_only: bool = False
 ) -> Any:
-    """The pipeline DAG: ingest → dbt → embed (mapped shards) → fold → recommend → evaluate
+    """The pipeline DAG: ingest → dbt → embed (mapped shards) → fold → train ranker → recommend → evaluate
     → run stats → snapshot, every warehouse writer in the one-slot pool.
 
     Args:
@@ -102,6 +102,11 @@ def build_pipeline_dag(
             return stages.update_user_vectors(data_interval_start, data_interval_end)
 
         @task
+        def train_ranker(data_interval_start=None, data_interval_end=None) -> dict:
+            """Fit the blend of the score's signals on the warehouse's history when due."""
+            return stages.train_ranker(data_interval_start, data_interval_end)
+
+        @task
         def write_recommendations(data_interval_start=None, data_interval_end=None) -> dict:
             """Top-N recommendations with evidence for the users updated in each hour."""
             return stages.write_recommendations(data_interval_start, data_interval_end)
@@ -129,6 +134,7 @@ def build_pipeline_dag(
         planned = plan_embedding_shards()
         embedded = merge_text_embeddings(embed_text_shard.expand(texts_path=planned))
         folded = update_user_vectors()
+        trained = train_ranker()
         recommended = write_recommendations()
         evaluated = evaluate_recommendations()
 
@@ -143,8 +149,10 @@ def build_pipeline_dag(
             skip_scheduled_runs() >> ingested
 
         ingested >> built >> planned
-        embedded >> folded >> recommended >> evaluated
-        stats = record_run_stats([ingested, built, embedded, folded, recommended, evaluated])
+        embedded >> folded >> trained >> recommended >> evaluated
+        stats = record_run_stats(
+            [ingested, built, embedded, folded, trained, recommended, evaluated]
+        )
         stats >> publish_snapshot()
 
     return pipeline()

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     import duckdb
     import numpy as np
     import pyarrow as pa
+
+    from interest_pipeline.ranker import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +222,42 @@ def write_recommendations(
     evidence_events: int,
     config: ScoringConfig | None = None,
 ) -> dict[str, int]:
-    """Replace the recommendations ``as_of = interval_end`` for users with a new version."""
+    """Replace the recommendations ``as_of = interval_end``: every user with a new version,
+    and, at the daily refresh, every user active within the refresh horizon (so changing
+    popularity and co-occurrence reach users who did not act); plus the new-visitor list."""
+    from interest_pipeline.ranker import ranker_in_force
+
+    config = config or scoring_config()
+    ranker = ranker_in_force(con, model_id, interval_end, config)
+    refresh = refresh_due(interval_end)
     users_table = query_arrow(
         con,
         """
-        select user_id, vector from user_interest_vectors
-        where as_of = ? and model_id = ?
+        with fresh as (
+            select user_id, vector from user_interest_vectors
+            where as_of = $end and model_id = $model_id
+        ),
+        stale as (
+            select user_id, arg_max(vector, as_of) as vector
+            from user_interest_vectors
+            where $refresh and model_id = $model_id and as_of < $end
+                and user_id not in (select user_id from fresh)
+            group by user_id
+            having max(last_event_at) >= $active_since
+        )
+        select * from fresh
+        union all
+        select * from stale
         order by user_id
         """,
-        [interval_end, model_id],
+        {
+            "end": interval_end,
+            "model_id": model_id,
+            "refresh": refresh,
+            "active_since": interval_end - timedelta(hours=refresh_horizon_hours()),
+        },
     )
+    con.execute(NEW_USER_DDL)
     with transaction(con):
         con.execute(
             "delete from recommendations where as_of = ? and model_id = ?",
@@ -244,14 +272,234 @@ def write_recommendations(
             top_n,
             half_life_hours,
             evidence_events,
-            config or scoring_config(),
+            config,
+            ranker,
         )
         insert_arrow(con, "recommendations", rows)
+        new_user = new_user_list(con, model_id, interval_end, top_n, ranker)
+        con.execute(
+            "delete from new_user_recommendations where as_of = ? and model_id = ?",
+            [interval_end, model_id],
+        )
+        insert_arrow(con, "new_user_recommendations", new_user)
     users = len(set(rows.column("user_id").to_pylist())) if rows.num_rows else 0
     return {
         "recommendations_written": rows.num_rows,
-        "users_recommended": users_table.num_rows if rows.num_rows else users,
+        "users_recommended": users,
+        "users_refreshed": users_table.num_rows if refresh else 0,
+        "ranker_version": ranker.version,
     }
+
+
+NEW_USER_DDL = """
+create table if not exists new_user_recommendations (
+    as_of timestamp not null,
+    model_id varchar not null,
+    rank integer not null,
+    item_id varchar not null,
+    score double not null,
+    ranker_version varchar not null
+);
+"""
+
+
+def new_item_slot() -> int:
+    """INTEREST_NEW_ITEM_RANK (default 10; 0: none): the rank given to the user's best new
+    item (one nobody has engaged with yet) when none is ranked higher."""
+    return int(os.environ.get("INTEREST_NEW_ITEM_RANK", "10"))
+
+
+def refresh_horizon_hours() -> float:
+    """INTEREST_REFRESH_HORIZON_HOURS (default 168): users active within it get a re-scored
+    list at the daily refresh."""
+    return float(os.environ.get("INTEREST_REFRESH_HORIZON_HOURS", "168"))
+
+
+def refresh_due(interval_end: datetime) -> bool:
+    """The daily refresh runs at the interval ending at midnight UTC."""
+    return interval_end.hour == 0 and interval_end.minute == 0
+
+
+def new_user_list(
+    con: duckdb.DuckDBPyConnection, model_id: str, as_of: datetime, top_n: int, ranker: Ranker
+) -> pa.Table:
+    """The list served to a user with no history at ``as_of``: trending now, by the
+    recency-popularity with the ranker's fitted half-life."""
+    import pyarrow as pa
+
+    from interest_pipeline.ranker import trending_order
+
+    ranked = trending_order(con, as_of, ranker.trending_half_life_hours, top_n)
+    items = [item for item, _ in ranked]
+    n = len(items)
+    return pa.table(
+        {
+            "as_of": pa.array([as_of] * n, pa.timestamp("us")),
+            "model_id": pa.array([model_id] * n, pa.string()),
+            "rank": pa.array(range(1, n + 1), pa.int32()),
+            "item_id": pa.array(items, pa.string()),
+            "score": pa.array([score for _, score in ranked], pa.float64()),
+            "ranker_version": pa.array([ranker.version] * n, pa.string()),
+        }
+    )
+
+
+FEATURES = (
+    "content",
+    "interests",
+    "popularity",
+    "cooccurrence",
+    "own_recency",
+    "new_item",
+)
+
+
+class _Context:
+    """What scoring needs, read once per (interval, scored users): the catalogue, each user's
+    latest contributions, consumed items and the catalogue-wide statistics."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        model_id: str,
+        users: list[str],
+        interval_start: datetime,
+        interval_end: datetime,
+        half_life_hours: float,
+        evidence_events: int,
+        config: ScoringConfig,
+    ) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        self.config = config
+        self.item_ids, self.item_vecs = _load_items(con, model_id)
+        self.item_index = {item: j for j, item in enumerate(self.item_ids)}
+        n_items = len(self.item_ids)
+        con.register("_rec_users", pa.table({"user_id": pa.array(users, pa.string())}))
+        con.register(
+            "_rec_items",
+            pa.table({
+                "item_id": pa.array(self.item_ids.tolist(), pa.string()),
+                "j": pa.array(np.arange(n_items), pa.int32()),
+            }),
+        )
+        try:
+            self.consumed = _consumed(con, interval_start)
+            rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
+            _collect_engaged_pairs(con, interval_start)
+            self.prior = _popularity_prior(
+                con, n_items, interval_end, config.popularity_half_life_hours
+            )
+            self.engaged = self.prior > 0
+            self.behaviour = _cooccurrence(con, users, n_items)
+        finally:
+            con.execute("drop table if exists _rec_engaged")
+            con.unregister("_rec_users")
+            con.unregister("_rec_items")
+
+        ev_users = rows.column("user_id").to_numpy(zero_copy_only=False)
+        self.ev_vecs = vectors_to_numpy(rows.column("embedding"))
+        ev_times = rows.column("event_at").to_numpy().astype("datetime64[us]")
+        ages = (np.datetime64(interval_end, "us") - ev_times) / np.timedelta64(1, "h")
+        self.ev_coef = rows.column("weight").to_numpy(zero_copy_only=False) * decay(
+            ages, half_life_hours
+        )
+        self.ev_item = np.array(
+            [
+                self.item_index.get(item, -1) if kind == "item" else -1
+                for item, kind in zip(
+                    rows.column("item_id").to_pylist(),
+                    rows.column("text_kind").to_pylist(),
+                    strict=True,
+                )
+            ],
+            dtype=np.int64,
+        )
+        self.ev_meta = [
+            {
+                "event_type": r["event_type"],
+                "item_id": r["item_id"] if r["text_kind"] == "item" else None,
+                "text": r["title"] if r["text_kind"] == "item" else r["text"],
+                "event_at": r["event_at"].isoformat(sep=" "),
+            }
+            for r in rows.select(
+                ["event_type", "item_id", "text_kind", "title", "text", "event_at"]
+            ).to_pylist()
+        ]
+        self.ev_bounds = _group_bounds(ev_users, np.array(users, dtype=object))
+
+    def has_taste(self, user: str) -> bool:
+        """False for a user known only from negative signals (cancellations): the vector points
+        away from what they returned, which is no taste to match."""
+        lo, hi = self.ev_bounds.get(user, (0, 0))
+        return bool((self.ev_coef[lo:hi] > 0).any())
+
+    def features(self, user: str, cosines: np.ndarray) -> np.ndarray:
+        """The user's features over the catalogue, shape (len(FEATURES), items)."""
+        import numpy as np
+
+        lo, hi = self.ev_bounds.get(user, (0, 0))
+        coef, vecs = self.ev_coef[lo:hi], self.ev_vecs[lo:hi]
+        out = np.zeros((len(FEATURES), len(self.item_ids)), dtype=np.float64)
+        out[0] = cosines
+        positive = coef > 0
+        if positive.any():
+            c = coef[positive]
+            sims = np.maximum(vecs[positive] @ self.item_vecs.T, 0.0).astype(np.float64)
+            p = self.config.interests_power
+            out[1] = ((c @ sims**p) / c.sum()) ** (1.0 / p)
+        out[2] = self.prior
+        if user in self.behaviour:
+            out[3] = self.behaviour[user]
+        # The user's own decayed engagement with each item (clicks, views, carts: items not
+        # consumed, which stay recommendable), scaled by the user's strongest.
+        own = self.ev_item[lo:hi]
+        keep = (own >= 0) & positive
+        if keep.any():
+            np.add.at(out[4], own[keep], coef[keep])
+            out[4] /= out[4].max()
+        out[5] = ~self.engaged
+        return out
+
+    def mask(self, user: str, row: np.ndarray, cosines: np.ndarray) -> None:
+        """Disqualify, in place, what the user must not be shown."""
+        import numpy as np
+
+        # Only items the interest points towards: a user known only from cancellations has
+        # a vector pointing away from what they returned, not a taste to match.
+        row[cosines <= 0] = -np.inf
+        for item in self.consumed.get(user, ()):
+            j = self.item_index.get(item)
+            if j is not None:
+                row[j] = -np.inf
+
+    def with_new_item(
+        self, top: np.ndarray, row: np.ndarray, feats: np.ndarray, rank: int
+    ) -> np.ndarray:
+        """The list with the user's best new item (nobody engaged with it yet; best by the
+        several-interests term) at ``rank`` unless one is ranked above it already: only a
+        new item's text can carry it, and without a slot the popularity and co-occurrence
+        terms always crowd it out."""
+        import numpy as np
+
+        if rank <= 0 or len(top) < rank - 1:
+            return top
+        new = feats[FEATURES.index("new_item")] > 0
+        if new[top[:rank]].any():
+            return top
+        cold = np.where(new & np.isfinite(row), feats[FEATURES.index("interests")], -np.inf)
+        best = int(np.argmax(cold))
+        if not np.isfinite(cold[best]) or cold[best] <= 0:
+            return top
+        return np.concatenate([top[: rank - 1], [best], top[rank - 1 :]])[: max(len(top), rank)]
+
+    def evidence(self, user: str, top: np.ndarray) -> list[list[dict]]:
+        """Evidence for the user's recommended items (see :func:`_evidence_for`)."""
+        lo, hi = self.ev_bounds.get(user, (0, 0))
+        return _evidence_for(
+            self.item_vecs[top], self.ev_vecs[lo:hi], self.ev_coef[lo:hi], self.ev_meta[lo:hi]
+        )
 
 
 def recommend(
@@ -264,101 +512,49 @@ def recommend(
     half_life_hours: float,
     evidence_events: int,
     config: ScoringConfig,
+    ranker: Ranker | None = None,
 ) -> pa.Table:
-    """Top-N rows (user_id, as_of, rank, item_id, score, model_id, evidence) for the users of
-    ``users_table`` (user_id, unit interest vector), from what is known at ``interval_end``
-    (events of intervals up to the one starting at ``interval_start``)."""
+    """Top-N rows (user_id, as_of, rank, item_id, score, model_id, evidence, ranker_version)
+    for the users of ``users_table`` (user_id, unit interest vector), from what is known at
+    ``interval_end`` (events of intervals up to the one starting at ``interval_start``), scored
+    by ``ranker`` (default: the documented default weights of ``config``)."""
     import numpy as np
     import pyarrow as pa
 
+    from interest_pipeline.ranker import default_ranker
+
+    ranker = ranker or default_ranker(config)
+    weights = ranker.weight_vector()
+    new_item_rank = new_item_slot()
     out: dict[str, list] = {k: [] for k in ("user_id", "rank", "item_id", "score", "evidence")}
-    item_ids, item_vecs = _load_items(con, model_id)
-    if users_table.num_rows and len(item_ids):
-        users = users_table.column("user_id").to_numpy(zero_copy_only=False)
+    users = users_table.column("user_id").to_numpy(zero_copy_only=False)
+    if users_table.num_rows:
+        ctx = _Context(
+            con, model_id, users.tolist(), interval_start, interval_end,
+            half_life_hours, evidence_events, config,
+        )
+    if users_table.num_rows and len(ctx.item_ids):
         user_vecs = vectors_to_numpy(users_table.column("vector"))
-        item_index = {item: j for j, item in enumerate(item_ids)}
-        con.register("_rec_users", pa.table({"user_id": pa.array(users.tolist(), pa.string())}))
-        con.register(
-            "_rec_items",
-            pa.table({
-                "item_id": pa.array(item_ids.tolist(), pa.string()),
-                "j": pa.array(np.arange(len(item_ids)), pa.int32()),
-            }),
-        )
-        try:
-            consumed = _consumed(con, interval_start)
-            evidence_rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
-            if config.popularity_weight or config.cooccurrence_weight:
-                _collect_engaged_pairs(con, interval_start)
-            prior = (
-                _popularity_prior(
-                    con, len(item_ids), interval_end, config.popularity_half_life_hours
-                )
-                if config.popularity_weight
-                else None
-            )
-            behaviour = (
-                _cooccurrence(con, users.tolist(), len(item_ids))
-                if config.cooccurrence_weight
-                else {}
-            )
-        finally:
-            con.execute("drop table if exists _rec_engaged")
-            con.unregister("_rec_users")
-            con.unregister("_rec_items")
-
-        ev_users = evidence_rows.column("user_id").to_numpy(zero_copy_only=False)
-        ev_vecs = vectors_to_numpy(evidence_rows.column("embedding"))
-        ev_times = evidence_rows.column("event_at").to_numpy().astype("datetime64[us]")
-        ages = (np.datetime64(interval_end, "us") - ev_times) / np.timedelta64(1, "h")
-        ev_coef = evidence_rows.column("weight").to_numpy(zero_copy_only=False) * decay(
-            ages, half_life_hours
-        )
-        ev_meta = [
-            {
-                "event_type": r["event_type"],
-                "item_id": r["item_id"] if r["text_kind"] == "item" else None,
-                "text": r["title"] if r["text_kind"] == "item" else r["text"],
-                "event_at": r["event_at"].isoformat(sep=" "),
-            }
-            for r in evidence_rows.select(
-                ["event_type", "item_id", "text_kind", "title", "text", "event_at"]
-            ).to_pylist()
-        ]
-        ev_bounds = _group_bounds(ev_users, users)
-
-        n = min(top_n, len(item_ids))
+        n = min(top_n, len(ctx.item_ids))
         for block in range(0, len(users), _USER_BLOCK):
-            cosines = user_vecs[block : block + _USER_BLOCK] @ item_vecs.T
+            cosines = user_vecs[block : block + _USER_BLOCK] @ ctx.item_vecs.T
             for i in range(cosines.shape[0]):
                 user = users[block + i]
-                lo, hi = ev_bounds.get(user, (0, 0))
-                if not (ev_coef[lo:hi] > 0).any():
-                    # Known only from negative signals (cancellations): the vector points away
-                    # from what they returned, which is no taste to match.
+                if not ctx.has_taste(user):
                     continue
-                row = _blend(
-                    cosines[i], item_vecs, ev_vecs[lo:hi], ev_coef[lo:hi], prior, config
-                )
-                if user in behaviour:
-                    row += config.cooccurrence_weight * behaviour[user]
-                # Only items the interest points towards: a user known only from cancellations
-                # has a vector pointing away from what they returned, not a taste to match.
-                row[cosines[i] <= 0] = -np.inf
-                for item in consumed.get(user, ()):
-                    j = item_index.get(item)
-                    if j is not None:
-                        row[j] = -np.inf
+                feats = ctx.features(user, cosines[i])
+                row = weights @ feats
+                ctx.mask(user, row, cosines[i])
                 # Stable sort on (-score, item order) keeps ties deterministic across reruns.
                 top = np.argsort(-row, kind="stable")[:n]
                 top = top[np.isfinite(row[top])]
-                evidence = _evidence_for(
-                    item_vecs[top], ev_vecs[lo:hi], ev_coef[lo:hi], ev_meta[lo:hi]
-                )
-                for rank, (j, ev) in enumerate(zip(top, evidence, strict=True), start=1):
+                top = ctx.with_new_item(top, row, feats, min(new_item_rank, n))
+                for rank, (j, ev) in enumerate(
+                    zip(top, ctx.evidence(user, top), strict=True), start=1
+                ):
                     out["user_id"].append(user)
                     out["rank"].append(rank)
-                    out["item_id"].append(item_ids[j])
+                    out["item_id"].append(ctx.item_ids[j])
                     out["score"].append(float(row[j]))
                     out["evidence"].append(json.dumps(ev, ensure_ascii=False))
     count = len(out["user_id"])
@@ -371,32 +567,9 @@ def recommend(
             "score": pa.array(out["score"], pa.float64()),
             "model_id": pa.array([model_id] * count, pa.string()),
             "evidence": pa.array(out["evidence"], pa.string()),
+            "ranker_version": pa.array([ranker.version] * count, pa.string()),
         }
     )
-
-
-def _blend(
-    cosines: np.ndarray,
-    item_vecs: np.ndarray,
-    contrib_vecs: np.ndarray,
-    contrib_coef: np.ndarray,
-    prior: np.ndarray | None,
-    config: ScoringConfig,
-) -> np.ndarray:
-    """One user's score over the catalogue (see the module docstring)."""
-    import numpy as np
-
-    score = config.content_weight * cosines.astype(np.float64)
-    positive = contrib_coef > 0
-    if config.interests_weight and positive.any():
-        coef = contrib_coef[positive]
-        sims = np.maximum(contrib_vecs[positive] @ item_vecs.T, 0.0).astype(np.float64)
-        p = config.interests_power
-        mean = (coef @ sims**p) / coef.sum()
-        score += config.interests_weight * mean ** (1.0 / p)
-    if prior is not None:
-        score += config.popularity_weight * prior
-    return score
 
 
 def _collect_engaged_pairs(con: duckdb.DuckDBPyConnection, interval_start: datetime) -> None:

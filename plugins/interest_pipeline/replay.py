@@ -1,8 +1,8 @@
 """Replay the real sample datasets into the landing zone as hourly partitions.
 
 The shared folder (``../shared/data`` next to the repo, or ``$INTEREST_SHARED_DATA_DIR``) holds
-MovieLens "latest-small" and Online Retail II 2009-2010. This module turns a window of either
-into the landing-zone layout of the pipeline contract (section 1)::
+MovieLens "latest-small", Online Retail II 2009-2010 and Gowalla NYC. This module turns a window
+of any of them into the landing-zone layout of the pipeline contract (section 1)::
 
     <landing>/events/date=YYYY-MM-DD/hour=HH/part-00000.jsonl
     <landing>/items/date=YYYY-MM-DD/hour=HH/part-00000.jsonl
@@ -42,7 +42,7 @@ from interest_pipeline.config import REPO_ROOT, get_settings
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("movielens", "retail")
+DATASETS = ("movielens", "retail", "gowalla")
 
 # Chosen by scanning every hour-aligned 48-hour window of the source data.
 # - movielens: no 48-hour window in ml-latest-small has >= 10 distinct users (the maximum is 8,
@@ -53,6 +53,11 @@ DATASETS = ("movielens", "retail")
 # - retail: the busiest weekday pair of the year, Wed 10 + Thu 11 Nov 2010 (winter, +00:00):
 #   5,589 invoice lines of known customers, 244 customers, 318 invoices of which 72 are
 #   cancellations (124 cancelled lines), 1,600 stock codes, events in 22 distinct hours.
+# - gowalla: the busiest pair of whole UTC days (whole days, so the daily backfill of `make run`
+#   covers exactly the window; the best hour-aligned 48 h, from 2010-09-22 14:00, has 1,571),
+#   Fri 8 + Sat 9 Oct 2010: 1,511 check-ins at named venues (430 more at unnamed ones are
+#   skipped), 379 users (284 of them with friends), 1,022 venues, events in 46 distinct hours,
+#   largest single-user share 16 % (user 111).
 DEFAULT_WINDOWS: dict[str, tuple[datetime, datetime]] = {
     "movielens": (
         datetime(2015, 7, 2, 11, tzinfo=UTC),
@@ -62,11 +67,16 @@ DEFAULT_WINDOWS: dict[str, tuple[datetime, datetime]] = {
         datetime(2010, 11, 10, tzinfo=UTC),
         datetime(2010, 11, 12, tzinfo=UTC),
     ),
+    "gowalla": (
+        datetime(2010, 10, 8, tzinfo=UTC),
+        datetime(2010, 10, 10, tzinfo=UTC),
+    ),
 }
 
 SHARED_DATA_ENV = "INTEREST_SHARED_DATA_DIR"
 MOVIELENS_DIR = "movielens-latest-small"
 RETAIL_FILE = "online-retail-ii-2009-2010/online_retail_ii_2009_2010.parquet"
+GOWALLA_DIR = "gowalla-nyc"
 PART_NAME = "part-00000.jsonl"
 
 # Key order of the contract's tables, so lines read the same whichever dataset wrote them.
@@ -86,6 +96,11 @@ ITEM_FIELDS = ("item_id", "title", "description", "category", "tags", "price", "
 _LONDON = ZoneInfo("Europe/London")
 _HOUR = timedelta(hours=1)
 _NO_GENRES = "(no genres listed)"
+# A check-in is `click`, weight 1 (seed event_weights): a visit is an engagement, not a
+# consumption. People go back to venues they like, so a visited venue must stay recommendable,
+# whereas the items of `purchase` and `rate` events are excluded from the user's
+# recommendations; `view` (0.5, dwell seconds) is weaker than going somewhere in person.
+_CHECKIN_EVENT_TYPE = "click"
 # Same output as json.dumps(..., ensure_ascii=False), without building an encoder per line.
 _JSON = json.JSONEncoder(ensure_ascii=False)
 
@@ -107,7 +122,7 @@ class ReplaySummary:
     """What a replay wrote.
 
     Attributes:
-        dataset: "movielens" or "retail".
+        dataset: "movielens", "retail" or "gowalla".
         start: Window start as written (after any shift), UTC.
         end: Window end as written (after any shift), UTC, exclusive.
         hours: Number of hours in the window.
@@ -159,7 +174,7 @@ def replay(
     """Write one window of a sample dataset into the landing zone as hourly partitions.
 
     Args:
-        dataset: "movielens" or "retail".
+        dataset: "movielens", "retail" or "gowalla".
         start: Window start in the source data's time, UTC (naive means UTC), on the hour.
         end: Window end (exclusive), same rules; must be after ``start``.
         landing_dir: Root of the landing zone.
@@ -192,8 +207,8 @@ def replay(
         landing_dir,
     )
 
-    loader = _load_movielens if dataset == "movielens" else _load_retail
-    events, items = loader(data_dir, start, end, shift)
+    loaders = {"movielens": _load_movielens, "retail": _load_retail, "gowalla": _load_gowalla}
+    events, items = loaders[dataset](data_dir, start, end, shift)
 
     event_parts = _plan_events(landing_dir, events)
     item_parts = _plan_items(landing_dir, new_start, items)
@@ -412,6 +427,98 @@ def _load_retail(
     return events, items
 
 
+def _load_gowalla(
+    data_dir: Path, start: datetime, end: datetime, shift: timedelta
+) -> tuple[list[_Event], list[dict[str, Any]]]:
+    """Check-ins at named venues in [start, end) as clicks, friendships as follows, venues as items.
+
+    A check-in at a venue without a name (one not in ``gowalla_venues.nyc.checkedin.tsv``, about
+    a fifth of them) is skipped: its item would have no text to embed. A line that repeats an
+    earlier one exactly (same user, second and venue: 6 in the file) is the same check-in and is
+    written once. Every friendship arc uid -> fid (the file holds both directions of each mutual
+    friendship) whose two users both have a named check-in somewhere in the dataset becomes a
+    ``follow`` at the window's first instant, so any window knows the whole graph from its first
+    hour; friendships have no timestamps. Items are the whole catalogue of named venues, title =
+    the name; the contract has no field for the coordinates.
+    """
+    import pandas as pd
+
+    folder = data_dir / GOWALLA_DIR
+    # Default CSV quoting on purpose: 7 names are quoted (``"Toys ""R"" Us"``), which this
+    # undoes; keep_default_na=False keeps a venue named "NA" or "None" as text.
+    venues = pd.read_csv(
+        _require(folder / "gowalla_venues.nyc.checkedin.tsv"),
+        sep="\t",
+        usecols=["vid", "name"],
+        dtype=str,
+        keep_default_na=False,
+    )
+    names = {vid: name.strip() for vid, name in _rows(venues, ["vid", "name"]) if name.strip()}
+    checkins = pd.read_csv(
+        _require(folder / "gowalla_events.nyc.tsv.gz"),
+        sep="\t",
+        header=None,
+        usecols=[0, 1, 4],
+        names=["uid", "ts", "vid"],
+        dtype=str,
+        keep_default_na=False,
+    )
+    is_named = checkins["vid"].isin(list(names))
+    active_users = set(checkins.loc[is_named, "uid"].tolist())
+    # Timestamps are all "YYYY-MM-DDTHH:MM:SSZ", which sorts as text like the instants it names.
+    lo, hi = _format_utc(start), _format_utc(end)
+    in_window = (checkins["ts"] >= lo) & (checkins["ts"] < hi)
+    window = checkins[in_window & is_named].drop_duplicates()
+
+    events: list[_Event] = []
+    for user, timestamp, venue in _rows(window, ["uid", "ts", "vid"]):
+        instant = datetime.fromisoformat(timestamp)
+        at = instant + shift
+        events.append(
+            _Event(
+                at,
+                {
+                    "event_id": f"gw-c-{user}-{venue}-{int(instant.timestamp())}",
+                    "event_time": _format_utc(at),
+                    "user_id": f"gw-u{user}",
+                    "event_type": _CHECKIN_EVENT_TYPE,
+                    "item_id": f"gw-v{venue}",
+                },
+            )
+        )
+    checkin_count = len(events)
+
+    friends = pd.read_csv(_require(folder / "gowalla_friends.nyc.tsv"), sep="\t", dtype=str)
+    first = start + shift
+    first_time = _format_utc(first)
+    for user, friend in _rows(friends, ["uid", "fid"]):
+        if user in active_users and friend in active_users:
+            events.append(
+                _Event(
+                    first,
+                    {
+                        "event_id": f"gw-f-{user}-{friend}",
+                        "event_time": first_time,
+                        "user_id": f"gw-u{user}",
+                        "event_type": "follow",
+                        "target_user_id": f"gw-u{friend}",
+                    },
+                )
+            )
+    logger.info(
+        "gowalla: %d check-ins at named venues, %d at unnamed venues skipped, %d follows",
+        checkin_count,
+        int((in_window & ~is_named).sum()),
+        len(events) - checkin_count,
+    )
+
+    items = [
+        {"item_id": f"gw-v{vid}", "title": name, "updated_at": first_time}
+        for vid, name in names.items()
+    ]
+    return events, items
+
+
 def _rows(frame: Any, columns: Sequence[str]) -> Iterable[tuple[Any, ...]]:
     """Rows of a DataFrame as plain Python tuples."""
     # Column-wise tolist() is several times faster than itertuples() on Arrow-backed strings.
@@ -539,10 +646,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interest-replay",
         description=(
-            "Replay a window of a real sample dataset (MovieLens or Online Retail II, read "
-            f"from ${SHARED_DATA_ENV} or <repo>/../shared/data) into the landing zone as hourly "
-            "partitions events/date=YYYY-MM-DD/hour=HH/part-00000.jsonl, plus the window's "
-            "items in the items partition of its first hour. Re-running is a no-op; an "
+            "Replay a window of a real sample dataset (MovieLens, Online Retail II or Gowalla "
+            f"NYC, read from ${SHARED_DATA_ENV} or <repo>/../shared/data) into the landing zone "
+            "as hourly partitions events/date=YYYY-MM-DD/hour=HH/part-00000.jsonl, plus the "
+            "window's items in the items partition of its first hour. Re-running is a no-op; an "
             "existing partition with different content is never overwritten."
         ),
         epilog=(

@@ -270,6 +270,36 @@ def _later_intervals(con: Any, end: datetime) -> list[tuple[datetime, datetime]]
     ]
 
 
+def train_ranker(
+    start: datetime, end: datetime, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Fit the ranker (the blend of the score's signals) at each hour end it is due (daily at
+    midnight UTC by default), on the history known then; other hours do nothing."""
+    from interest_pipeline import embeddings, ranker, recommendations
+    from interest_pipeline.warehouse import open_warehouse
+
+    s = settings or get_settings()
+    model_id, _ = embeddings.resolve_model(s.model)
+    config = ranker.ranker_settings()
+    due = [h_end for _, h_end in interval_hours(start, end) if ranker.is_due(h_end, config)]
+    if not due:
+        return {"rankers_fitted": 0}
+    started = time.perf_counter()
+    with open_warehouse(s.warehouse_path) as con:
+        results = [
+            ranker.train_ranker(
+                con, model_id, h_end, s.half_life_hours, s.evidence_events,
+                recommendations.scoring_config(), config,
+            )
+            for h_end in due
+        ]
+    return {
+        **results[-1],
+        "rankers_fitted": len(results),
+        "train_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def write_recommendations(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
@@ -423,6 +453,7 @@ def run_interval(
             build_dbt_models,
             embed_new_texts,
             update_user_vectors,
+            train_ranker,
             write_recommendations,
             evaluate_recommendations,
         )

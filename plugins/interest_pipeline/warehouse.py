@@ -72,8 +72,11 @@ create table if not exists recommendations (
     item_id varchar not null,
     score double not null,
     model_id varchar not null,
-    evidence json not null
+    evidence json not null,
+    ranker_version varchar            -- the rankers row (or 'default') that scored it
 );
+-- Warehouses made before the fitted ranker.
+alter table recommendations add column if not exists ranker_version varchar;
 
 create table if not exists pipeline_runs (
     interval_start timestamp not null,

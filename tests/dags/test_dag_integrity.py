@@ -46,7 +46,7 @@ print(json.dumps({
 PIPELINE_TASKS = {
     "ingest_landing_partition", "build_dbt_models", "plan_embedding_shards",
     "embed_text_shard", "merge_text_embeddings", "update_user_vectors",
-    "write_recommendations", "evaluate_recommendations", "record_run_stats",
+    "train_ranker", "write_recommendations", "evaluate_recommendations", "record_run_stats",
     "publish_snapshot",
 }
 
@@ -89,6 +89,13 @@ def test_dags_run_in_order_with_retries_and_tags(parsed, dag_id, cron):
     assert dag["tags"]
     assert dag["doc_md"]
     assert all(r >= 1 for r in dag["retries"].values())
+
+
+def test_the_ranker_is_fitted_after_the_fold_and_before_the_recommendations(parsed):
+    upstream = parsed["dags"][DAG_ID]["upstream"]
+    assert upstream["train_ranker"] == ["update_user_vectors"]
+    assert upstream["write_recommendations"] == ["train_ranker"]
+    assert "train_ranker" in upstream["record_run_stats"]
 
 
 def test_the_daily_dag_is_the_hourly_graph_behind_a_skip_for_scheduled_runs(parsed):

@@ -188,6 +188,31 @@ def test_unknown_user_and_unknown_model_are_not_found(capsys, pipeline):
     _assert_one_line_error(err, "no interest vector for model 'other/model'")
 
 
+def test_an_unknown_user_is_a_new_visitor_and_gets_the_new_visitor_list_on_request(
+    capsys, pipeline
+):
+    code, _, err = _run(capsys, pipeline, "recs", "no-such-user")
+    assert "a new visitor" in err and "--new-visitor" in err
+
+    latest = _query(
+        pipeline.path,
+        "select max(as_of) from new_user_recommendations where model_id = ?",
+        [DEFAULT_MODEL_ID],
+    )[0][0]
+    rows = _query(
+        pipeline.path,
+        "select item_id from new_user_recommendations where as_of = ? order by rank limit 5",
+        [latest],
+    )
+    data = _json(capsys, pipeline, "recs", "no-such-user", "--new-visitor", "-n", "5")
+    assert data["new_user"] is True and data["known_user"] is False
+    assert data["list_as_of"] == latest.isoformat()
+    assert [r["item_id"] for r in data["recommendations"]] == [r[0] for r in rows]
+
+    code, out, _ = _run(capsys, pipeline, "recs", "no-such-user", "--new-visitor", "-n", "3")
+    assert code == 0 and "new (no history)" in out
+
+
 # --- profile -------------------------------------------------------------------------------
 
 

@@ -4,8 +4,8 @@ import math
 from datetime import datetime, timedelta
 
 import pytest
-
 from interest_pipeline import evaluation as ev
+
 from tests.builders import add_event, add_item, table_contents
 
 T = datetime(2024, 3, 8, 0)
@@ -108,7 +108,8 @@ def test_events_landing_after_the_cut_off_are_not_known(con):
 def _recommend(con, user, as_of, items, model_id="m"):
     for rank, item in enumerate(items, start=1):
         con.execute(
-            "insert into recommendations values (?, ?, ?, ?, 1.0, ?, '[]')",
+            "insert into recommendations (user_id, as_of, rank, item_id, score, model_id, evidence)"
+            " values (?, ?, ?, ?, 1.0, ?, '[]')",
             [user, as_of, rank, item, model_id],
         )
 
@@ -187,3 +188,157 @@ def test_weighted_means_weight_by_users():
     means = ev.weighted_means(rows)
     assert means[("known", "model", "ndcg", 10)] == pytest.approx(0.25)
     assert means[("known", "model", "users", None)] == 4
+
+
+def test_the_methods_and_the_peer_baselines(con):
+    assert ev.METHODS == (
+        "model", "popularity_7d", "popularity_all", "cooccurrence", "ease", "itemknn"
+    )
+    _history(con)
+    lists = ev.baseline_lists(con, T, ["u3", "u9"], k=3)
+    # u3 engaged with a and c, both bought: the peers only offer b.
+    assert lists["ease"]["u3"][0] == "b" and lists["itemknn"]["u3"] == ["b"]
+    assert "a" not in lists["ease"]["u3"] and "c" not in lists["ease"]["u3"]
+    assert "u9" not in lists["ease"] and "u9" not in lists["itemknn"]
+
+
+# ---------------------------------------------------------------- peers' hyper-parameters
+
+
+def _tuning_history(con, z_next):
+    """At T - 24 h, z has item a. b shares a user with a and has one user; c shares three and
+    has fifteen: plain cosine prefers b, shrunk cosine (shrink 10) prefers c. z buys ``z_next``
+    in [T - 24 h, T)."""
+    _event(con, "z0", "z", "a", -10 * DAY)
+    _event(con, "w1a", "w1", "a", -10 * DAY)
+    _event(con, "w1b", "w1", "b", -10 * DAY)
+    for n in (2, 3, 4):
+        _event(con, f"w{n}a", f"w{n}", "a", -10 * DAY)
+        _event(con, f"w{n}c", f"w{n}", "c", -10 * DAY)
+    for n in range(12):
+        _event(con, f"v{n}", f"v{n}", "c", -10 * DAY)
+    _event(con, "z1", "z", z_next, -22 * HOUR)
+
+
+@pytest.mark.parametrize(
+    ("z_next", "chosen"), [("c", {"neighbours": 20, "shrink": 10.0}),
+                           ("b", {"neighbours": 20, "shrink": 0.0})]
+)
+def test_hyperparameters_are_the_ones_that_win_on_the_split_before_the_cut_off(
+    con, z_next, chosen
+):
+    _tuning_history(con, z_next)
+    _event(con, "late", "z", "b" if z_next == "c" else "c", 2 * HOUR)  # after T: never seen
+    found = ev.choose_hyperparameters(con, T, 24.0)
+    knn = found["itemknn"]
+    # Every neighbour count gives the same list here: the first in grid order wins the tie.
+    assert knn["params"] == chosen
+    assert knn["tuned_as_of"] == T - DAY and knn["tuning_users"] == 1
+    assert knn["tuning_ndcg@10"] == pytest.approx(1.0)
+    assert [p["ndcg@10"] for p in knn["grid"]] == pytest.approx(
+        [1.0, 1 / math.log2(3)] * 3 if z_next == "b" else [1 / math.log2(3), 1.0] * 3
+    )
+    assert found["ease"]["params"] in ev.PEER_GRIDS["ease"]
+
+
+def test_without_tuning_users_the_first_grid_point_is_used(con):
+    _history(con)  # nothing happens in [T - 3 d, T - 2 d)
+    found = ev.choose_hyperparameters(con, T - 2 * DAY, 24.0)
+    for method in ev.PEERS:
+        assert found[method]["params"] == ev.PEER_GRIDS[method][0]
+        assert found[method]["tuning_users"] == 0
+        assert found[method]["tuning_ndcg@10"] is None
+
+
+def test_a_peer_fit_is_done_once_per_data_and_point(con, monkeypatch):
+    from collections import OrderedDict
+
+    from interest_pipeline import baselines
+
+    monkeypatch.setattr(ev, "_PEER_CACHE", OrderedDict())
+    calls = {"ease": 0, "itemknn": 0}
+    for method in calls:
+        fit = getattr(baselines, f"{method}_lists")
+
+        def counted(*args, _fit=fit, _method=method, **kwargs):
+            calls[_method] += 1
+            return _fit(*args, **kwargs)
+
+        monkeypatch.setattr(baselines, f"{method}_lists", counted)
+    _tuning_history(con, "c")
+    # Cut-off T - 24 h: nothing to tune on before it, so the first point, fitted at T - 24 h.
+    earlier = ev.evaluate_cutoff(con, T - DAY, 24.0, "m")
+    assert earlier.hyperparameters["itemknn"]["params"] == ev.PEER_GRIDS["itemknn"][0]
+    assert calls == {"ease": 1, "itemknn": 1}
+    # Cut-off T tunes on the fits at T - 24 h: that one is not redone.
+    ev.choose_hyperparameters(con, T, 24.0)
+    grid = {m: len(ev.PEER_GRIDS[m]) for m in calls}
+    assert calls == grid
+    ev.choose_hyperparameters(con, T, 24.0)
+    assert calls == grid
+
+
+# ---------------------------------------------------------------- new-visitor list, per-user values
+
+
+NEW_USER_DDL = """
+create table new_user_recommendations (
+    as_of timestamp, model_id varchar, rank integer, item_id varchar, score double,
+    ranker_version varchar
+)
+"""
+
+
+def _new_user_list(con, as_of, items, model_id="m"):
+    for rank, item in enumerate(items, start=1):
+        con.execute(
+            "insert into new_user_recommendations values (?, ?, ?, ?, 1.0, 'v1')",
+            [as_of, model_id, rank, item],
+        )
+
+
+def test_users_without_a_personal_list_get_the_new_visitor_list_in_force(con):
+    _history(con)
+    _recommend(con, "u1", T - DAY, ["d"])
+    users = ["u1", "u2", "u8"]
+    assert ev.model_lists(con, T, "m", users) == {"u1": ["d"]}  # no table: as before
+    con.execute(NEW_USER_DDL)
+    _new_user_list(con, T - 2 * DAY, ["p", "q"])  # superseded
+    _new_user_list(con, T - DAY, ["a", "c", "z"][::-1])  # in force: z, c, a
+    _new_user_list(con, T + HOUR, ["q"])  # after T
+    _new_user_list(con, T - HOUR, ["q"], model_id="other")  # another model
+    lists = ev.model_lists(con, T, "m", users)
+    assert lists == {
+        "u1": ["d"],  # a personal list wins
+        "u2": ["z", "c"],  # bought a before T
+        "u8": ["z", "c", "a"],  # never seen
+    }
+    _event(con, "f1", "u8", "c", 2 * HOUR)
+    rows = ev.evaluate_as_of(con, T, 24.0, "m", ks=(10,))
+    assert _rows_by_key(rows, "all")[("model", "hit_rate", 10)] == 1.0
+
+
+def test_evaluate_cutoff_gives_per_user_values_behind_the_means(con):
+    for item in "abcdz":
+        add_item(con, item, f"item {item}")
+    _history(con)
+    _recommend(con, "u1", T - DAY, ["d", "z"])
+    _event(con, "f1", "u1", "z", 2 * HOUR)
+    _event(con, "f2", "u2", "c", 2 * HOUR)
+    _event(con, "f3", "u8", "c", 2 * HOUR)
+    found = ev.evaluate_cutoff(con, T, 24.0, "m")
+    assert found.users == {"known": ["u1", "u2"], "all": ["u1", "u2", "u8"]}
+    assert found.per_user["known"]["model"][("ndcg", 10)] == pytest.approx(
+        [1 / math.log2(3), 0.0]
+    )
+    assert found.per_user["all"]["model"][("recall", 20)] == [1.0, 0.0, 0.0]
+    means = {(r["population"], r["method"], r["metric"], r["k"]): r["value"] for r in found.rows}
+    for population, methods in found.per_user.items():
+        for method, values in methods.items():
+            for (metric, k), per_user in values.items():
+                assert len(per_user) == len(found.users[population])
+                assert sum(per_user) / len(per_user) == pytest.approx(
+                    means[(population, method, metric, k)]
+                )
+    assert set(found.hyperparameters) == set(ev.PEERS)
+    assert {r["method"] for r in found.rows} == set(ev.METHODS)

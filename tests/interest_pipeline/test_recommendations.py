@@ -49,7 +49,12 @@ def test_top_n_by_similarity_excluding_rated_and_bought_items(con, fake_encoder)
     add_event(con, "e2", "u1", "purchase", H0, H0, item_id="m3", weight=3.0)
     add_event(con, "e3", "u1", "view", H0, H0, item_id="m4", weight=0.1)  # viewed: still eligible
     counts = _run(con, fake_encoder, top_n=3)
-    assert counts == {"recommendations_written": 3, "users_recommended": 1}
+    assert counts == {
+        "recommendations_written": 3,
+        "users_recommended": 1,
+        "users_refreshed": 0,  # H0's end is not the daily refresh
+        "ranker_version": "default",  # no ranker fitted yet
+    }
     rows = con.execute(
         "select rank, item_id, score, model_id from recommendations where user_id = 'u1' order by rank"
     ).fetchall()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import json
 from collections.abc import Callable
@@ -24,9 +26,14 @@ from interest_pipeline.replay import (
 SHARED = default_shared_data_dir()
 RETAIL_PARQUET = SHARED / "online-retail-ii-2009-2010" / "online_retail_ii_2009_2010.parquet"
 RATINGS_CSV = SHARED / "movielens-latest-small" / "ratings.csv"
+GOWALLA = SHARED / "gowalla-nyc"
 
 pytestmark = pytest.mark.skipif(
-    not (RETAIL_PARQUET.is_file() and RATINGS_CSV.is_file()),
+    not (
+        RETAIL_PARQUET.is_file()
+        and RATINGS_CSV.is_file()
+        and (GOWALLA / "gowalla_events.nyc.tsv.gz").is_file()
+    ),
     reason=f"shared sample data not found in {SHARED}",
 )
 
@@ -36,6 +43,9 @@ ITEM_EVENT_TYPES = {"view", "click", "add_to_cart", "purchase", "rate", "tag"}
 # spring DST change of 2010 (Sunday 28 March, 01:00 UTC), when the written offset flips.
 SUMMER = (datetime(2010, 6, 3, 9, tzinfo=UTC), datetime(2010, 6, 3, 20, tzinfo=UTC))
 DST_CHANGE = (datetime(2010, 3, 26, tzinfo=UTC), datetime(2010, 3, 30, tzinfo=UTC))
+# Six Gowalla hours holding check-ins at unnamed venues and one source line that repeats
+# exactly (user 74049 at venue 249921, 02:51:31).
+GOWALLA_SMALL = (datetime(2010, 9, 25, tzinfo=UTC), datetime(2010, 9, 25, 6, tzinfo=UTC))
 
 Window = tuple[datetime, datetime]
 Replayed = Callable[..., tuple[Path, ReplaySummary]]
@@ -96,7 +106,7 @@ def _source_event_count(dataset: str, start: datetime, end: datetime) -> int:
     return int(((utc >= pd.Timestamp(start)) & (utc < pd.Timestamp(end))).sum())
 
 
-@pytest.mark.parametrize("dataset", ["movielens", "retail"])
+@pytest.mark.parametrize("dataset", ["movielens", "retail", "gowalla"])
 def test_two_replays_write_identical_bytes(dataset: str, tmp_path: Path) -> None:
     start, end = DEFAULT_WINDOWS[dataset]
     first = replay(dataset, start, end, tmp_path / "a")
@@ -140,7 +150,7 @@ def test_conflict_raises_and_writes_nothing(tmp_path: Path) -> None:
     assert not removed.exists(), "a conflicting replay must not write any partition"
 
 
-@pytest.mark.parametrize("dataset", ["movielens", "retail"])
+@pytest.mark.parametrize("dataset", ["movielens", "retail", "gowalla"])
 def test_shift_ends_window_at_given_hour(dataset: str, tmp_path: Path, replayed: Replayed) -> None:
     original_dir, original = replayed(dataset)
     start, end = DEFAULT_WINDOWS[dataset]
@@ -173,7 +183,14 @@ def test_shift_ends_window_at_given_hour(dataset: str, tmp_path: Path, replayed:
 
 @pytest.mark.parametrize(
     ("dataset", "window"),
-    [("movielens", None), ("retail", None), ("retail", SUMMER), ("retail", DST_CHANGE)],
+    [
+        ("movielens", None),
+        ("retail", None),
+        ("retail", SUMMER),
+        ("retail", DST_CHANGE),
+        ("gowalla", None),
+        ("gowalla", GOWALLA_SMALL),
+    ],
 )
 def test_lines_follow_the_contract(dataset: str, window: Window | None, replayed: Replayed) -> None:
     landing, summary = replayed(dataset, window)
@@ -199,6 +216,8 @@ def test_lines_follow_the_contract(dataset: str, window: Window | None, replayed
             assert event["query"]
         if event["event_type"] == "rate":
             assert 0.5 <= event["value"] <= 5
+        if event["event_type"] == "follow":
+            assert event["target_user_id"] and "item_id" not in event
     assert len({event["event_id"] for _, event in events}) == len(events)
     for item in items.values():
         assert list(item) == [key for key in ITEM_FIELDS if key in item], "key order"
@@ -206,8 +225,10 @@ def test_lines_follow_the_contract(dataset: str, window: Window | None, replayed
         assert datetime.fromisoformat(item["updated_at"]) == summary.start
         if dataset == "movielens":
             assert "(no genres listed)" not in item["tags"]
-        else:
+        elif dataset == "retail":
             assert item["category"] is None and item["price"] >= 0
+        else:
+            assert list(item) == ["item_id", "title", "updated_at"], "no coordinates field"
 
 
 def test_events_in_an_hour_are_sorted(replayed: Replayed) -> None:
@@ -250,6 +271,28 @@ def test_retail_cancellations_are_negative_and_times_carry_london_offset(
     assert offsets == {"+00:00", "+01:00"}
 
 
+def _gowalla_source(
+    start: datetime, end: datetime
+) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]], set[tuple[str, str]]]:
+    """From the TSVs, independently of the replay code: the window's distinct check-ins
+    (user, venue, time) at named and at unnamed venues, and the arcs between users who have
+    a named check-in anywhere."""
+    with (GOWALLA / "gowalla_venues.nyc.checkedin.tsv").open(encoding="utf-8", newline="") as f:
+        named_venues = {row[0] for row in list(csv.reader(f, delimiter="\t"))[1:]}
+    lo, hi = start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
+    named, unnamed, active = set(), set(), set()
+    with gzip.open(GOWALLA / "gowalla_events.nyc.tsv.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            user, ts, _, _, venue = line.rstrip("\n").split("\t")
+            if venue in named_venues:
+                active.add(user)
+            if lo <= ts < hi:
+                (named if venue in named_venues else unnamed).add((user, venue, ts))
+    with (GOWALLA / "gowalla_friends.nyc.tsv").open(encoding="utf-8") as f:
+        arcs = {tuple(line.split()) for line in list(f)[1:]}
+    return named, unnamed, {(u, v) for u, v in arcs if u in active and v in active}
+
+
 @pytest.mark.parametrize(
     ("dataset", "window"), [("movielens", None), ("retail", None), ("retail", DST_CHANGE)]
 )
@@ -268,6 +311,7 @@ def test_default_window_counts() -> None:
         assert end - start == timedelta(hours=48), dataset
     assert _source_event_count("movielens", *DEFAULT_WINDOWS["movielens"]) == 642
     assert _source_event_count("retail", *DEFAULT_WINDOWS["retail"]) == 5589
+    assert len(_gowalla_source(*DEFAULT_WINDOWS["gowalla"])[0]) == 1511
 
 
 @pytest.mark.parametrize(
@@ -371,5 +415,78 @@ def test_cli_bad_arguments_exit_2(
 def test_cli_help_describes_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for needle in ("--dataset", "--shift-end-to", "--landing-dir", "hour=HH", "2015-07-02"):
+    needles = ("--dataset", "--shift-end-to", "--landing-dir", "hour=HH", "2015-07-02", "gowalla")
+    for needle in needles:
         assert needle in out
+
+
+@pytest.mark.parametrize("window", [None, GOWALLA_SMALL])
+def test_gowalla_named_checkins_are_clicks_as_in_the_tsv(
+    window: Window | None, replayed: Replayed
+) -> None:
+    landing, summary = replayed("gowalla", window)
+    start, end = window or DEFAULT_WINDOWS["gowalla"]
+    named, _, arcs = _gowalla_source(start, end)
+    events = [event for _, event in _lines(landing, "events")]
+    clicks = [e for e in events if e["event_type"] != "follow"]
+
+    assert {e["event_type"] for e in clicks} == {"click"}
+    assert summary.events == len(events) == len(named) + len(arcs)
+    written = {
+        (
+            e["user_id"].removeprefix("gw-u"),
+            e["item_id"].removeprefix("gw-v"),
+            datetime.fromisoformat(e["event_time"]).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        for e in clicks
+    }
+    assert len(clicks) == len(named) == len(written) and written == named
+    for event in clicks:
+        assert "value" not in event, "a visit has no quantity, rating or dwell time"
+        assert event["event_time"].endswith("Z")
+        epoch = int(datetime.fromisoformat(event["event_time"]).timestamp())
+        assert event["event_id"] == f"gw-c-{event['user_id'][4:]}-{event['item_id'][4:]}-{epoch}"
+
+
+def test_gowalla_repeated_source_line_is_one_event(replayed: Replayed) -> None:
+    landing, _ = replayed("gowalla", GOWALLA_SMALL)
+    with gzip.open(GOWALLA / "gowalla_events.nyc.tsv.gz", "rt", encoding="utf-8") as f:
+        copies = [line for line in f if line.startswith("74049\t2010-09-25T02:51:31Z\t")]
+    ids = [event["event_id"] for _, event in _lines(landing, "events")]
+
+    assert len(copies) == 2 and copies[0] == copies[1]
+    assert ids.count("gw-c-74049-249921-1285383091") == 1
+
+
+def test_gowalla_follows_land_in_the_first_hour_both_ways(replayed: Replayed) -> None:
+    landing, summary = replayed("gowalla", GOWALLA_SMALL)
+    _, _, arcs = _gowalla_source(*GOWALLA_SMALL)
+    follows = [(p, e) for p, e in _lines(landing, "events") if e["event_type"] == "follow"]
+    pairs = {
+        (e["user_id"].removeprefix("gw-u"), e["target_user_id"].removeprefix("gw-u"))
+        for _, e in follows
+    }
+
+    assert len(arcs) == 30042, "every arc of the file joins two users with named check-ins"
+    assert len(follows) == len(pairs) and pairs == arcs
+    assert all((friend, user) in pairs for user, friend in pairs)
+    for path, event in follows:
+        assert _partition_hour(path) == summary.start
+        assert datetime.fromisoformat(event["event_time"]) == summary.start
+        user, friend = event["user_id"][4:], event["target_user_id"][4:]
+        assert event["event_id"] == f"gw-f-{user}-{friend}"
+
+
+def test_gowalla_unnamed_venues_are_skipped_and_items_are_named_venues(
+    replayed: Replayed,
+) -> None:
+    landing, _ = replayed("gowalla", GOWALLA_SMALL)
+    _, unnamed, _ = _gowalla_source(*GOWALLA_SMALL)
+    items = {item["item_id"]: item["title"] for _, item in _lines(landing, "items")}
+    item_ids = {e.get("item_id") for _, e in _lines(landing, "events")}
+
+    assert unnamed, "the window should hold check-ins at unnamed venues"
+    assert not {f"gw-v{venue}" for _, venue, _ in unnamed} & (item_ids | items.keys())
+    assert len(items) == 17291, "the whole catalogue of named venues"
+    # The venue file CSV-quotes 7 names; the title is the name, not its quoting.
+    assert items["gw-v48518"] == 'Toys "R" Us'

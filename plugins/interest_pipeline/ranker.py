@@ -1,0 +1,534 @@
+"""The fitted ranker: how much each signal of the score counts, learnt from the warehouse.
+
+One set of hand-set weights cannot fit every shop, so the blend of the score's features
+(:data:`interest_pipeline.recommendations.FEATURES`: the plain content cosine, the several
+interests term, recency-popularity, co-occurrence, the user's own recent engagement with the
+item, and a new-item indicator) is fitted from the warehouse's own history on a time split:
+
+- **Training examples.** At training cut-offs ``T`` every ``cutoff_every_hours`` over the last
+  ``training_days`` before the fit (only cut-offs whose ``T + horizon`` is known, so nothing
+  after the fit's own time is seen), the users known at ``T`` (a vector version by ``T``) with
+  relevant items in ``[T, T + horizon)`` (the evaluation's relevance rule) are scored from what
+  was known at ``T``, by the same code the recommend stage uses. Candidates are each feature's
+  top ``CANDIDATES_PER_FEATURE`` items; a user none of whose relevant items is a candidate
+  teaches nothing and is left out. At most ``users_per_cutoff`` users per cut-off (a
+  deterministic sample by hashed id).
+- **Model.** A linear blend ``score = w · features``. A listwise softmax loss (the negative
+  log-likelihood of the relevant items under a softmax over the user's candidates,
+  ListNet-style, small L2 penalty, L-BFGS) gives a first fit; the better of it and the
+  defaults on the training candidates is refined by coordinate ascent on NDCG@10 itself.
+  Deterministic.
+- **Validation.** The latest ``validation_days`` of cut-offs are held out: the weights fitted on
+  the earlier ones must beat the documented defaults (:class:`ScoringConfig`) on NDCG@10 over
+  the held-out candidates, else the defaults are kept and the row says so. The kept weights
+  are then refitted on every cut-off.
+- **New visitors.** The list served to a user with no history is the recency-popularity order;
+  its half-life is chosen from ``TRENDING_HALF_LIVES`` by NDCG@10 of the new users of the
+  training cut-offs (users whose first event falls in ``[T, T + horizon)``).
+- **Too little history** (fewer than ``min_training_users`` examples): the defaults, saying so.
+
+Every fit is a row of ``rankers`` (version, ``as_of`` = the interval end it was fitted at,
+weights, training counts, validation, fallback and reason); the recommend stage uses the newest
+row with ``as_of <=`` its interval end, so a backfill or a rerun of an hour uses the ranker that
+was in force then, and every recommendation row names its ``ranker_version``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from interest_pipeline.warehouse import fetch_one, query_arrow, transaction
+
+if TYPE_CHECKING:
+    import duckdb
+    import numpy as np
+
+    from interest_pipeline.recommendations import ScoringConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERSION = "default"
+CANDIDATES_PER_FEATURE = 100
+TRENDING_HALF_LIVES = (6.0, 24.0, 72.0, 168.0, 720.0)
+_L2 = 1e-3
+
+RANKERS_DDL = """
+create table if not exists rankers (
+    ranker_version varchar not null,
+    model_id varchar not null,
+    as_of timestamp not null,            -- fitted at this interval end, on data known by then
+    weights json not null,               -- feature -> weight
+    trending_half_life_hours double not null,
+    fallback boolean not null,           -- true: the documented defaults are in use
+    reason varchar not null,
+    training_cutoffs integer not null,
+    training_users integer not null,
+    validation json not null,            -- held-out NDCG@10 of the fitted and default weights
+    fitted_at timestamp not null
+);
+"""
+
+
+@dataclass(frozen=True)
+class RankerSettings:
+    """When and on what the ranker is fitted (env var, default).
+
+    Attributes:
+        every_hours: INTEREST_RANKER_EVERY_HOURS, fit at interval ends that are a multiple of
+            this many hours after midnight UTC (24: daily at midnight).
+        training_days: INTEREST_RANKER_TRAINING_DAYS, how far back the training cut-offs go.
+        cutoff_every_hours: INTEREST_RANKER_CUTOFF_EVERY_HOURS, hours between training cut-offs.
+        horizon_hours: INTEREST_EVAL_HORIZON_HOURS, what counts as a later engagement.
+        users_per_cutoff: INTEREST_RANKER_USERS_PER_CUTOFF, the users sampled per cut-off.
+        min_training_users: INTEREST_RANKER_MIN_USERS, fewer examples keep the defaults.
+        validation_days: INTEREST_RANKER_VALIDATION_DAYS, the latest cut-offs held out.
+        enabled: INTEREST_RANKER ("fitted" or "default": always the hand-set defaults).
+    """
+
+    every_hours: int = 24
+    training_days: float = 10.0
+    cutoff_every_hours: float = 12.0
+    horizon_hours: float = 24.0
+    users_per_cutoff: int = 300
+    min_training_users: int = 50
+    validation_days: float = 2.0
+    enabled: bool = True
+
+
+def ranker_settings() -> RankerSettings:
+    """The ranker settings from the environment (defaults: :class:`RankerSettings`)."""
+    env = os.environ.get
+    d = RankerSettings()
+    return RankerSettings(
+        every_hours=int(env("INTEREST_RANKER_EVERY_HOURS", d.every_hours)),
+        training_days=float(env("INTEREST_RANKER_TRAINING_DAYS", d.training_days)),
+        cutoff_every_hours=float(
+            env("INTEREST_RANKER_CUTOFF_EVERY_HOURS", d.cutoff_every_hours)
+        ),
+        horizon_hours=float(env("INTEREST_EVAL_HORIZON_HOURS", d.horizon_hours)),
+        users_per_cutoff=int(env("INTEREST_RANKER_USERS_PER_CUTOFF", d.users_per_cutoff)),
+        min_training_users=int(env("INTEREST_RANKER_MIN_USERS", d.min_training_users)),
+        validation_days=float(env("INTEREST_RANKER_VALIDATION_DAYS", d.validation_days)),
+        enabled=env("INTEREST_RANKER", "fitted") != "default",
+    )
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """Weights of the score's features, and where they came from."""
+
+    version: str
+    weights: dict[str, float]
+    trending_half_life_hours: float
+    fallback: bool = True
+    reason: str = "no ranker fitted yet: documented defaults"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def weight_vector(self) -> np.ndarray:
+        """The weights in the order of ``recommendations.FEATURES``."""
+        import numpy as np
+
+        from interest_pipeline.recommendations import FEATURES
+
+        return np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float64)
+
+
+def default_weights(config: ScoringConfig) -> dict[str, float]:
+    """The documented default blend (``INTEREST_SCORE_*``, see ScoringConfig)."""
+    return {
+        "content": config.content_weight,
+        "interests": config.interests_weight,
+        "popularity": config.popularity_weight,
+        "cooccurrence": config.cooccurrence_weight,
+        "own_recency": 0.0,
+        "new_item": 0.0,
+    }
+
+
+def default_ranker(config: ScoringConfig) -> Ranker:
+    """The ranker used before any fit, or when a fit had too little history."""
+    return Ranker(DEFAULT_VERSION, default_weights(config), config.popularity_half_life_hours)
+
+
+def ranker_in_force(
+    con: duckdb.DuckDBPyConnection, model_id: str, as_of: datetime, config: ScoringConfig
+) -> Ranker:
+    """The newest ranker fitted by ``as_of`` for the model, else the defaults."""
+    if not ranker_settings().enabled:
+        return default_ranker(config)
+    con.execute(RANKERS_DDL)
+    row = fetch_one(
+        con,
+        """
+        select ranker_version, weights, trending_half_life_hours, fallback, reason
+        from rankers where model_id = ? and as_of <= ?
+        order by as_of desc limit 1
+        """,
+        [model_id, as_of],
+    )
+    if row is None:
+        return default_ranker(config)
+    version, weights, half_life, fallback, reason = row
+    return Ranker(version, json.loads(weights), half_life, fallback, reason)
+
+
+def is_due(interval_end: datetime, settings: RankerSettings) -> bool:
+    """Whether a fit is scheduled at this interval end (every ``every_hours`` from midnight)."""
+    hours = interval_end.hour + interval_end.minute / 60
+    return settings.enabled and hours % settings.every_hours == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Training examples
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Examples:
+    """Candidates of every training user stacked: features (rows x F), labels, user segments."""
+
+    x: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    cutoff: list[datetime] = field(default_factory=list)
+
+
+def _sample(users: list[str], n: int) -> list[str]:
+    """A deterministic sample of ``n`` users (by hashed id, so it does not favour an id range)."""
+    keyed = sorted(users, key=lambda u: hashlib.sha256(u.encode()).hexdigest())
+    return sorted(keyed[:n])
+
+
+def _known_vectors(
+    con: duckdb.DuckDBPyConnection, model_id: str, as_of: datetime, users: list[str]
+) -> Any:
+    """(user_id, vector) of each user's newest version with ``as_of <=`` T, ordered by user."""
+    import pyarrow as pa
+
+    con.register("_rank_users", pa.table({"user_id": pa.array(users, pa.string())}))
+    try:
+        return query_arrow(
+            con,
+            """
+            select user_id, arg_max(vector, as_of) as vector
+            from user_interest_vectors
+            where model_id = ? and as_of <= ?
+                and user_id in (select user_id from _rank_users)
+            group by user_id
+            order by user_id
+            """,
+            [model_id, as_of],
+        )
+    finally:
+        con.unregister("_rank_users")
+
+
+def _cutoff_examples(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    cutoff: datetime,
+    settings: RankerSettings,
+    half_life_hours: float,
+    evidence_events: int,
+    config: ScoringConfig,
+    examples: _Examples,
+) -> int:
+    """Add the training users of one cut-off to ``examples``; returns how many."""
+    import numpy as np
+
+    from interest_pipeline.evaluation import relevant_items
+    from interest_pipeline.recommendations import FEATURES, _Context
+    from interest_pipeline.warehouse import vectors_to_numpy
+
+    relevant = relevant_items(con, cutoff, settings.horizon_hours)
+    if not relevant:
+        return 0
+    vectors = _known_vectors(
+        con, model_id, cutoff, _sample(sorted(relevant), settings.users_per_cutoff * 2)
+    )
+    users = vectors.column("user_id").to_pylist()[: settings.users_per_cutoff]
+    if not users:
+        return 0
+    vectors = vectors.slice(0, len(users))
+    ctx = _Context(
+        con, model_id, users, cutoff - timedelta(hours=1), cutoff,
+        half_life_hours, evidence_events, config,
+    )
+    if not len(ctx.item_ids):
+        return 0
+    cosines = vectors_to_numpy(vectors.column("vector")) @ ctx.item_vecs.T
+    ranked = [k for k, name in enumerate(FEATURES) if name != "new_item"]
+    added = 0
+    for i, user in enumerate(users):
+        if not ctx.has_taste(user):
+            continue
+        feats = ctx.features(user, cosines[i])
+        allowed = np.zeros(len(ctx.item_ids))
+        ctx.mask(user, allowed, cosines[i])
+        ok = np.isfinite(allowed)
+        candidates: set[int] = set()
+        for k in ranked:
+            score = np.where(ok, feats[k], -np.inf)
+            top = np.argsort(-score, kind="stable")[:CANDIDATES_PER_FEATURE]
+            candidates.update(int(j) for j in top if np.isfinite(score[j]) and score[j] > 0)
+        # New items compete on their text: the best of them by the several-interests term.
+        cold = np.where(ok & (feats[FEATURES.index("new_item")] > 0), feats[1], -np.inf)
+        top = np.argsort(-cold, kind="stable")[:CANDIDATES_PER_FEATURE]
+        candidates.update(int(j) for j in top if np.isfinite(cold[j]))
+        cand = np.array(sorted(candidates), dtype=np.int64)
+        if not len(cand):
+            continue
+        positive = np.array(
+            [ctx.item_ids[j] in relevant[user] for j in cand], dtype=np.float64
+        )
+        if not positive.any():
+            continue
+        examples.x.append(feats[:, cand].T.copy())
+        examples.y.append(positive)
+        examples.cutoff.append(cutoff)
+        added += 1
+    return added
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting
+# --------------------------------------------------------------------------------------------
+
+
+def fit_listwise(xs: list[np.ndarray], ys: list[np.ndarray], l2: float = _L2) -> np.ndarray:
+    """Weights minimising the mean over users of the softmax cross-entropy of their relevant
+    candidates, ``-mean_{j in R} s_j + logsumexp_j s_j`` with ``s = X w``, plus ``l2 |w|^2``."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    x = np.vstack(xs)
+    y = np.concatenate(ys)
+    sizes = np.array([len(v) for v in ys])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    seg = np.repeat(np.arange(len(ys)), sizes)
+    pos_share = y / np.add.reduceat(y, starts)[seg]  # 1/|R| on relevant rows
+    n_users = len(ys)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = x @ w
+        top = np.maximum.reduceat(s, starts)
+        e = np.exp(s - top[seg])
+        z = np.add.reduceat(e, starts)
+        p = e / z[seg]
+        value = (-(pos_share * s).sum() + (top + np.log(z)).sum()) / n_users + l2 * w @ w
+        grad = x.T @ (p - pos_share) / n_users + 2 * l2 * w
+        return float(value), grad
+
+    result = minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B")
+    return result.x
+
+
+def coordinate_ascent(
+    w0: np.ndarray, xs: list[np.ndarray], ys: list[np.ndarray], passes: int = 3
+) -> np.ndarray:
+    """Refine weights for NDCG@10 on the candidates directly (RankLib's coordinate ascent):
+    each weight in turn is moved along a grid of steps, keeping a move only if it raises the
+    metric; deterministic. The softmax fit is smooth but aims at likelihood, not the top
+    of the list; this aims at what is reported."""
+    import numpy as np
+
+    w = w0 / max(np.abs(w0).sum(), 1e-12)
+    best = ndcg_on_candidates(w, xs, ys)
+    steps = (-1.0, -0.5, -0.25, -0.1, -0.05, 0.05, 0.1, 0.25, 0.5, 1.0)
+    for _ in range(passes):
+        improved = False
+        for k in range(len(w)):
+            for step in steps:
+                trial = w.copy()
+                trial[k] += step
+                score = ndcg_on_candidates(trial, xs, ys)
+                if score > best + 1e-9:
+                    w, best, improved = trial, score, True
+        if not improved:
+            break
+    return w / max(np.abs(w).sum(), 1e-12)
+
+
+def fit_weights(
+    xs: list[np.ndarray], ys: list[np.ndarray], w_default: np.ndarray
+) -> np.ndarray:
+    """The listwise softmax fit or the defaults, whichever ranks the training candidates
+    better, refined by coordinate ascent on NDCG@10."""
+    w_soft = fit_listwise(xs, ys)
+    start = max(
+        (w_soft, w_default), key=lambda w: ndcg_on_candidates(w, xs, ys)
+    )
+    return coordinate_ascent(start, xs, ys)
+
+
+def ndcg_on_candidates(
+    w: np.ndarray, xs: list[np.ndarray], ys: list[np.ndarray], k: int = 10
+) -> float:
+    """Mean NDCG@k of ranking each user's candidates by ``X w`` (ties by candidate order)."""
+    import numpy as np
+
+    if not xs:
+        return 0.0
+    total = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        order = np.argsort(-(x @ w), kind="stable")[:k]
+        dcg = (y[order] / np.log2(np.arange(2, len(order) + 2))).sum()
+        ideal = (1.0 / np.log2(np.arange(2, min(int(y.sum()), k) + 2))).sum()
+        total += dcg / ideal
+    return total / len(xs)
+
+
+def _trending_half_life(
+    con: duckdb.DuckDBPyConnection, cutoffs: list[datetime], settings: RankerSettings
+) -> tuple[float, dict[str, float]]:
+    """The popularity half-life whose order best serves the new users of the cut-offs."""
+    from interest_pipeline.evaluation import ndcg_at_k, relevant_items
+
+    totals = dict.fromkeys(TRENDING_HALF_LIVES, 0.0)
+    for cutoff in cutoffs:
+        relevant = relevant_items(con, cutoff, settings.horizon_hours)
+        known = {
+            r[0]
+            for r in con.execute(
+                "select distinct user_id from user_item_interactions where interval_start < ?",
+                [cutoff],
+            ).fetchall()
+        }
+        new = {u: r for u, r in relevant.items() if u not in known}
+        if not new:
+            continue
+        for half_life in TRENDING_HALF_LIVES:
+            order = [item for item, _ in trending_order(con, cutoff, half_life, 10)]
+            totals[half_life] += sum(ndcg_at_k(order, r, 10) for r in new.values())
+    best = max(TRENDING_HALF_LIVES, key=lambda h: (totals[h], -h))
+    return best, {f"{h:g}": round(v, 4) for h, v in totals.items()}
+
+
+def trending_order(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, half_life_hours: float, n: int
+) -> list[tuple[str, float]]:
+    """The ``n`` catalogue items with the highest recency-popularity at ``as_of`` (users who
+    engaged positively, each decayed by the age of their latest such event), with it, ties by
+    item id."""
+    rows = con.execute(
+        """
+        with engaged as (
+            select user_id, item_id, max(event_at) as last_event_at
+            from user_item_interactions
+            where interval_start < $as_of and weight > 0 and item_id is not null
+                and item_id in (select item_id from item_documents)
+            group by user_id, item_id
+        )
+        select item_id, sum(pow(2.0, -greatest(date_diff('second', last_event_at, $as_of), 0)
+            / 3600.0 / $half_life)) as popularity
+        from engaged
+        group by item_id
+        order by popularity desc, item_id
+        limit $n
+        """,
+        {"as_of": as_of, "half_life": half_life_hours, "n": n},
+    ).fetchall()
+    return [(r[0], float(r[1])) for r in rows]
+
+
+def train_ranker(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    interval_end: datetime,
+    half_life_hours: float,
+    evidence_events: int,
+    config: ScoringConfig,
+    settings: RankerSettings | None = None,
+) -> dict[str, Any]:
+    """Fit the ranker on the history known at ``interval_end`` and store it as of then
+    (replacing an earlier fit at the same time). Returns a summary for XCom."""
+    import numpy as np
+
+    from interest_pipeline.recommendations import FEATURES
+
+    s = settings or ranker_settings()
+    con.execute(RANKERS_DDL)
+    step = timedelta(hours=s.cutoff_every_hours)
+    last = interval_end - timedelta(hours=s.horizon_hours)
+    first_allowed = last - timedelta(days=s.training_days)
+    ((first_event,),) = con.execute(
+        "select min(interval_start) from user_item_interactions"
+    ).fetchall()
+    cutoffs: list[datetime] = []
+    t = last
+    while t > first_allowed and first_event is not None and t > first_event:
+        cutoffs.append(t)
+        t -= step
+    cutoffs.reverse()
+    examples = _Examples()
+    for cutoff in cutoffs:
+        _cutoff_examples(
+            con, model_id, cutoff, s, half_life_hours, evidence_events, config, examples
+        )
+    defaults = default_weights(config)
+    w_default = np.array([defaults[f] for f in FEATURES])
+    trending, trending_scores = (
+        _trending_half_life(con, cutoffs, s) if cutoffs else (
+            config.popularity_half_life_hours, {}
+        )
+    )
+    validation: dict[str, Any] = {}
+    n_users = len(examples.y)
+    if n_users < s.min_training_users:
+        weights, fallback = defaults, True
+        reason = (
+            f"too little history: {n_users} training users at {len(cutoffs)} cut-offs "
+            f"(< {s.min_training_users}): documented defaults"
+        )
+    else:
+        split = last - timedelta(days=s.validation_days)
+        train = [i for i, c in enumerate(examples.cutoff) if c <= split]
+        held = [i for i, c in enumerate(examples.cutoff) if c > split]
+        fitted_ok = True
+        if train and held:
+            w_train = fit_weights(
+                [examples.x[i] for i in train], [examples.y[i] for i in train], w_default
+            )
+            hx, hy = [examples.x[i] for i in held], [examples.y[i] for i in held]
+            validation = {
+                "held_out_users": len(held),
+                "fitted_ndcg@10": round(ndcg_on_candidates(w_train, hx, hy), 4),
+                "default_ndcg@10": round(ndcg_on_candidates(w_default, hx, hy), 4),
+            }
+            fitted_ok = validation["fitted_ndcg@10"] > validation["default_ndcg@10"]
+        if fitted_ok:
+            w = fit_weights(examples.x, examples.y, w_default)
+            weights = {f: round(float(v), 6) for f, v in zip(FEATURES, w, strict=True)}
+            fallback, reason = False, f"fitted on {n_users} users at {len(cutoffs)} cut-offs"
+        else:
+            weights, fallback = defaults, True
+            reason = "fitted weights did not beat the defaults on the held-out cut-offs"
+    validation["trending_ndcg@10_sum"] = trending_scores
+    payload = json.dumps(weights, sort_keys=True)
+    digest = hashlib.sha256(f"{payload}|{trending}".encode()).hexdigest()[:8]
+    version = f"{interval_end:%Y%m%dT%H%M}-{digest}"
+    from datetime import UTC
+
+    with transaction(con):
+        con.execute(
+            "delete from rankers where model_id = ? and as_of = ?", [model_id, interval_end]
+        )
+        con.execute(
+            "insert into rankers values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                version, model_id, interval_end, payload, trending, fallback, reason,
+                len(cutoffs), n_users, json.dumps(validation, sort_keys=True),
+                datetime.now(UTC).replace(tzinfo=None),
+            ],
+        )
+    log.info("ranker %s: %s; weights %s", version, reason, payload)
+    return {
+        "ranker_version": version,
+        "ranker_fallback": fallback,
+        "ranker_training_users": n_users,
+    }

@@ -1,0 +1,173 @@
+"""The fitted ranker: the fit itself, the training task's behaviour, and how the recommend
+stage uses what it fitted (new-visitor list, daily refresh, ranker version on every row)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from interest_pipeline import ranker
+from interest_pipeline.embeddings import embed_new_texts
+from interest_pipeline.recommendations import (
+    FEATURES,
+    ScoringConfig,
+    refresh_due,
+    write_recommendations,
+)
+from interest_pipeline.user_vectors import update_user_vectors
+from tests.builders import add_event, add_item
+
+DAY0 = datetime(2024, 3, 1)
+HOUR = timedelta(hours=1)
+SMALL = ranker.RankerSettings(
+    training_days=6, cutoff_every_hours=24, users_per_cutoff=50, min_training_users=5,
+    validation_days=1,
+)
+
+
+def test_the_listwise_fit_learns_which_feature_predicts_the_relevant_item():
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for _ in range(200):
+        x = rng.random((30, 3))
+        y = np.zeros(30)
+        y[np.argmax(x[:, 1])] = 1.0  # feature 1 decides; 0 and 2 are noise
+        xs.append(x)
+        ys.append(y)
+    w = ranker.fit_listwise(xs, ys)
+    assert w[1] > 5 * abs(w[0]) and w[1] > 5 * abs(w[2])
+    assert ranker.ndcg_on_candidates(w, xs, ys) > 0.9
+    assert ranker.ndcg_on_candidates(np.array([1.0, 0.0, 0.0]), xs, ys) < 0.5
+
+
+def test_the_fit_is_deterministic():
+    rng = np.random.default_rng(1)
+    xs = [rng.random((10, 4)) for _ in range(20)]
+    ys = [np.eye(10)[i % 10] for i in range(20)]
+    assert np.array_equal(ranker.fit_listwise(xs, ys), ranker.fit_listwise(xs, ys))
+
+
+def test_ndcg_on_candidates_of_a_perfect_and_a_reversed_order():
+    x = np.array([[3.0], [2.0], [1.0]])
+    y = np.array([1.0, 0.0, 0.0])
+    assert ranker.ndcg_on_candidates(np.array([1.0]), [x], [y]) == pytest.approx(1.0)
+    assert ranker.ndcg_on_candidates(np.array([-1.0]), [x], [y]) == pytest.approx(0.5)
+
+
+def test_the_fit_is_due_daily_at_midnight_only():
+    s = ranker.RankerSettings()
+    assert ranker.is_due(DAY0, s)
+    assert not ranker.is_due(DAY0 + HOUR, s)
+    assert ranker.is_due(DAY0 + 6 * HOUR, ranker.RankerSettings(every_hours=6))
+    assert not ranker.is_due(DAY0, ranker.RankerSettings(enabled=False))
+
+
+def _shop(con, fake_encoder, days: int = 8, users: int = 12) -> None:
+    """A shop whose users keep buying the items that co-occur with what they bought: users
+    u0..u5 buy from the 'red' family, u6..u11 from the 'blue' one, one item a day each, the
+    families' items named alike."""
+    for family in ("red", "blue"):
+        for k in range(days + 2):
+            add_item(con, f"{family}{k}", f"{family} thing number{k}")
+    for day in range(days):
+        at = DAY0 + timedelta(days=day, hours=10)
+        for u in range(users):
+            family = "red" if u < users // 2 else "blue"
+            item = f"{family}{(day + u) % (days + 2)}"
+            add_event(con, f"e{day}-{u}", f"u{u}", "purchase", at, at.replace(minute=0),
+                      item_id=item, weight=3.0)
+    embed_new_texts(con, "fake", lambda: fake_encoder, DAY0)
+    hour = DAY0
+    while hour < DAY0 + timedelta(days=days):
+        update_user_vectors(con, "fake", hour, hour + HOUR, 168.0)
+        hour += HOUR
+
+
+def test_too_little_history_keeps_the_defaults_and_says_so(con, fake_encoder):
+    _shop(con, fake_encoder, days=2)
+    needs_more = dataclasses.replace(SMALL, min_training_users=50)  # 12 users at 1 cut-off
+    result = ranker.train_ranker(con, "fake", DAY0 + timedelta(days=2), 168.0, 100,
+                                 ScoringConfig(), needs_more)
+    assert result["ranker_fallback"] is True
+    row = con.execute("select fallback, reason, weights from rankers").fetchall()
+    assert row[0][0] is True and "too little history" in row[0][1]
+    assert json.loads(row[0][2]) == ranker.default_weights(ScoringConfig())
+
+
+def test_a_fit_is_stored_versioned_and_in_force_from_its_time_on(con, fake_encoder):
+    _shop(con, fake_encoder)
+    fit_at = DAY0 + timedelta(days=8)
+    result = ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert result["ranker_training_users"] >= SMALL.min_training_users
+    ((version, weights, cutoffs, as_of),) = con.execute(
+        "select ranker_version, weights, training_cutoffs, as_of from rankers"
+    ).fetchall()
+    assert version == result["ranker_version"] and as_of == fit_at
+    assert set(json.loads(weights)) == set(FEATURES)
+    # Training cut-offs leave the horizon after them inside the known history.
+    assert cutoffs >= 1
+    # A rerun at the same time replaces its row with the same version (idempotent).
+    again = ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert again["ranker_version"] == version
+    assert con.execute("select count(*) from rankers").fetchall() == [(1,)]
+    # Before its time the defaults are in force; from it on, the fit.
+    assert ranker.ranker_in_force(con, "fake", fit_at - HOUR, ScoringConfig()).version == "default"
+    assert ranker.ranker_in_force(con, "fake", fit_at + HOUR, ScoringConfig()).version == version
+
+
+def test_training_sees_nothing_after_its_own_time(con, fake_encoder):
+    """A fit at T is the same whatever happened after T."""
+    _shop(con, fake_encoder)
+    fit_at = DAY0 + timedelta(days=6)
+    first = ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    late = DAY0 + timedelta(days=7, hours=5)
+    add_event(con, "late", "u0", "purchase", late, late.replace(minute=0), item_id="blue3",
+              weight=3.0)
+    second = ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert first == second
+
+
+def test_every_row_names_its_ranker_and_new_visitors_get_the_trending_list(con, fake_encoder):
+    _shop(con, fake_encoder)
+    fit_at = DAY0 + timedelta(days=8)
+    version = ranker.train_ranker(
+        con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL
+    )["ranker_version"]
+    at = fit_at + timedelta(hours=10)
+    add_event(con, "x", "u1", "purchase", at, at.replace(minute=0), item_id="red9", weight=3.0)
+    start = at.replace(minute=0)
+    update_user_vectors(con, "fake", start, start + HOUR, 168.0)
+    write_recommendations(con, "fake", start, start + HOUR, 5, 168.0, 100)
+    versions = con.execute("select distinct ranker_version from recommendations").fetchall()
+    assert versions == [(version,)]
+    new = con.execute(
+        "select rank, item_id, ranker_version from new_user_recommendations "
+        "where as_of = ? order by rank", [start + HOUR]
+    ).fetchall()
+    assert [r[0] for r in new] == [1, 2, 3, 4, 5]
+    assert {r[2] for r in new} == {version}
+    # Trending: the items most users bought most recently come first.
+    ((top,),) = con.execute(
+        "select item_id from new_user_recommendations where as_of = ? and rank = 1",
+        [start + HOUR],
+    ).fetchall()
+    assert top in {f"red{k}" for k in range(10)} | {f"blue{k}" for k in range(10)}
+
+
+def test_the_daily_refresh_rescores_the_weeks_active_users(con, fake_encoder):
+    _shop(con, fake_encoder, days=3)
+    midnight = DAY0 + timedelta(days=3)
+    assert refresh_due(midnight) and not refresh_due(midnight + HOUR)
+    # Nobody acted in the hour ending at midnight: only the refresh writes lists.
+    counts = write_recommendations(con, "fake", midnight - HOUR, midnight, 3, 168.0, 100)
+    assert counts["users_refreshed"] == 12
+    users = con.execute(
+        "select count(distinct user_id) from recommendations where as_of = ?", [midnight]
+    ).fetchall()
+    assert users == [(12,)]
+    quiet = write_recommendations(con, "fake", midnight, midnight + HOUR, 3, 168.0, 100)
+    assert quiet["users_refreshed"] == 0 and quiet["recommendations_written"] == 0
