@@ -16,7 +16,10 @@ runs with no setup; each env var overrides one thing.
 | INTEREST_EMBED_BATCH_SIZE       | 64                                   |
 | INTEREST_EVIDENCE_EVENTS        | 100 (latest events a user's evidence is drawn from) |
 | INTEREST_EVAL_HORIZON_HOURS     | 24 (recommendations as of T are judged on (T, T+24h]) |
-| INTEREST_SCORE_*                | scoring weights: see recommendations.ScoringConfig |
+| INTEREST_SCORE_*                | default scoring weights: see recommendations.ScoringConfig |
+| INTEREST_RANKER*                | the fitted ranker: see ranker.RankerSettings |
+| INTEREST_REFRESH_HORIZON_HOURS  | 168 (users active within it get a re-scored list daily) |
+| INTEREST_NEW_ITEM_RANK          | 20 (the rank given to the user's best new item; 0: none) |
 """
 
 from __future__ import annotations

@@ -3,22 +3,23 @@
 Protocol (temporal, no peeking):
 
 1. **Data.** A window ``[start, end)`` of a landing zone in the contract's format: either a
-   sample dataset replayed into ``<workdir>/landing`` (``--dataset movielens|retail``,
+   sample dataset replayed into ``<workdir>/landing`` (``--dataset movielens|retail|gowalla``,
    :func:`interest_pipeline.replay.replay`, deterministic) or any existing landing zone
    (``--landing-dir``).
-2. **Pipeline.** The pipeline's own stages run in-process, hour by hour in order, into a
-   scratch warehouse ``<workdir>/warehouse.duckdb``: ingest, dbt, embed, fold, recommend,
-   run stats, exactly as the hourly DAG does, with the same settings (env vars) except the
-   paths. Shortcuts that change no row of the tables evaluated: an hour whose landing
-   partitions are both missing is skipped (the DAG's run for it writes nothing but its
-   ``pipeline_runs`` row: no raw lines, so no staged events, no new texts, no vector versions,
-   no recommendations); ``pipeline_runs`` is not written; dbt runs in-process as ``dbt seed``
-   once plus ``dbt run`` per hour (the DAG's ``dbt build`` is seed + run + data tests: the
-   tests check the tables, they do not change them), which saves ~10 s an hour. Ingest, dbt
-   and embed are cached in the work dir; fold and recommend are re-run for every hour, in
-   order, whenever the scoring settings differ from the ones the warehouse was scored with
-   (exact, because they read only the rows of hours up to their own, unless catalogue lines
-   land after the first hour, in which case everything is re-run).
+2. **Pipeline.** The pipeline's own stages run in-process into a scratch warehouse
+   ``<workdir>/warehouse.duckdb`` with the same settings (env vars) except the paths, as the
+   daily backfill DAG runs them: per UTC day, ingest (hour by hour), one dbt run and one
+   embedding batch; then fold, ranker training (when due: the hour ending at midnight) and
+   recommend hour by hour. Shortcuts that change no list: an empty hour is scored only when
+   it ends at midnight (training, the daily refresh); other empty hours write no version,
+   and the new-visitor list they would write has the same order as the last busy hour's (an
+   hour without events scales every item's decayed popularity alike); ``pipeline_runs`` is
+   not written; dbt runs in-process as ``dbt seed`` once plus ``dbt run`` per day (the DAG's
+   ``dbt build`` adds data tests, which check the tables without changing them). Ingest,
+   dbt and embed are cached in the work dir; fold, training and recommend are re-run for
+   every hour, in order, whenever the scoring settings differ from the ones the warehouse
+   was scored with (exact, because they read only the rows of hours up to their own, unless
+   catalogue lines land after the first hour, in which case everything is re-run).
 3. **Cut-offs.** ``T = first_cutoff, first_cutoff + every, …`` while ``T + horizon <= end``
    (defaults: the first cut-off is ``start + 7 days`` so every user has up to a week of
    history, ``every = 24 h``, ``horizon = 24 h``). At each ``T`` the recommendations in force

@@ -288,6 +288,8 @@ def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) ->
                 "user_interest_vectors",
                 "current_user_interest",
                 "recommendations",
+                "new_user_recommendations",
+                "rankers",
                 "pipeline_runs",
             )
         }

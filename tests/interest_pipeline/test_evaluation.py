@@ -174,6 +174,26 @@ def test_record_and_evaluate_interval_are_idempotent(con):
     assert con.execute("select distinct interval_end from evaluation").fetchall() == [(T,)]
 
 
+def test_the_hourly_task_scores_the_peers_once_a_day(con):
+    for item in "abcd":
+        add_item(con, item, f"item {item}")
+    _history(con)
+    _event(con, "f1", "u1", "c", 2 * HOUR)
+    _event(con, "f2", "u1", "d", 26 * HOUR)
+
+    def methods(interval_end):
+        ev.evaluate_interval(con, interval_end, 24.0, "m")
+        return {
+            r[0] for r in con.execute(
+                "select distinct method from evaluation where interval_end = ?",
+                [interval_end - 24 * HOUR],
+            ).fetchall()
+        }
+
+    assert methods(T + 24 * HOUR) == set(ev.METHODS)  # the cut-off at midnight
+    assert methods(T + 25 * HOUR) == set(ev.METHODS) - set(ev.PEERS)
+
+
 def test_weighted_means_weight_by_users():
     rows = [
         {"population": "known", "method": "model", "metric": "ndcg", "k": 10, "value": 1.0,
