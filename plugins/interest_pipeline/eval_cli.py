@@ -132,6 +132,7 @@ def scoring_fingerprint(settings: Settings) -> dict[str, Any]:
     )
 
     return {
+        "code": _scoring_code_digest(),
         "model": settings.model,
         "half_life_hours": settings.half_life_hours,
         "top_n": settings.top_n,
@@ -141,6 +142,17 @@ def scoring_fingerprint(settings: Settings) -> dict[str, Any]:
         "refresh_horizon_hours": refresh_horizon_hours(),
         "new_item_rank": new_item_slot(),
     }
+
+
+def _scoring_code_digest() -> str:
+    """A digest of the modules fold, training and recommend run: a change to the scoring code
+    re-scores a cached warehouse as a change to its settings does."""
+    from interest_pipeline import ranker, recommendations, user_vectors
+
+    digest = hashlib.sha256()
+    for module in (user_vectors, ranker, recommendations):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _read_state(workdir: Path) -> dict[str, Any]:
@@ -364,7 +376,10 @@ def evaluate_cutoffs(
         for i, t in enumerate(times, start=1):
             cutoff = evaluation.evaluate_cutoff(con, t, horizon_hours, model_id)
             evaluation.record_evaluation(con, t, horizon_hours, model_id, cutoff.rows)
-            found.append(cutoff)
+            # How old the served lists are: the daily refresh should bound it by a day for
+            # the week's active users.
+            ages = evaluation.list_ages_hours(con, t, model_id, cutoff.users["known"])
+            found.append(dataclasses.replace(cutoff, list_ages=tuple(ages)))
             if i % 10 == 0 or i == len(times):
                 print(
                     f"  evaluate: cut-off {i}/{len(times)} {t:%Y-%m-%d %H:%M} "
@@ -373,6 +388,22 @@ def evaluate_cutoffs(
                     flush=True,
                 )
     return found
+
+
+def list_age_summary(ages: Sequence[float]) -> dict[str, float | int | None]:
+    """Quantiles of the served lists' ages (hours) over the (user, cut-off) pairs."""
+    import numpy as np
+
+    if not ages:
+        return {"pairs": 0, "p50": None, "p90": None, "max": None, "within_24h": None}
+    a = np.asarray(ages)
+    return {
+        "pairs": len(a),
+        "p50": round(float(np.percentile(a, 50)), 1),
+        "p90": round(float(np.percentile(a, 90)), 1),
+        "max": round(float(a.max()), 1),
+        "within_24h": round(float((a <= 24).mean()), 3),
+    }
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -604,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": summary,
         "comparisons": comparisons,
         "hyperparameters": {c.as_of.isoformat(): c.hyperparameters for c in evaluated},
+        "list_age_hours": list_age_summary([a for c in evaluated for a in c.list_ages]),
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     chart = args.out_dir / f"{name}_{label}.png"
@@ -625,6 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"\n{population}: {caption}")
         print(format_table(summary.get(population, {}), comparisons[population]))
+    ages = result["list_age_hours"]
+    if ages["pairs"]:
+        print(
+            f"\nage of the served lists (known users with a list, {ages['pairs']} pairs): "
+            f"median {ages['p50']} h, p90 {ages['p90']} h, max {ages['max']} h, "
+            f"{ages['within_24h']:.0%} within 24 h"
+        )
     print(f"\nchart: {chart}")
     return 0
 

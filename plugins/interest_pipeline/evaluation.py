@@ -363,6 +363,29 @@ def model_lists(
     return out
 
 
+def list_ages_hours(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, model_id: str, users: Iterable[str]
+) -> list[float]:
+    """Hours since each user's list in force at ``as_of`` was written (users with a list)."""
+    import pyarrow as pa
+
+    con.register("_age_users", pa.table({"user_id": pa.array(sorted(users), pa.string())}))
+    try:
+        rows = con.execute(
+            """
+            select date_diff('second', max(as_of), ?) / 3600.0
+            from recommendations
+            where model_id = ? and as_of <= ? and user_id in (select user_id from _age_users)
+            group by user_id
+            order by user_id
+            """,
+            [as_of, model_id, as_of],
+        ).fetchall()
+    finally:
+        con.unregister("_age_users")
+    return [r[0] for r in rows]
+
+
 def _peer_lists(
     method: str,
     params: Mapping[str, Any],
@@ -485,6 +508,8 @@ class CutoffEvaluation:
             of each user of ``users[population]``, in that order (0 for a missing list): the
             paired samples of a significance test.
         hyperparameters: the peers' chosen hyper-parameters (:func:`choose_hyperparameters`).
+        list_ages: hours since each known user's list in force was written (if measured:
+            :func:`list_ages_hours`).
     """
 
     as_of: datetime
@@ -492,6 +517,7 @@ class CutoffEvaluation:
     users: dict[str, list[str]]
     per_user: dict[str, dict[str, dict[tuple[str, int], list[float]]]]
     hyperparameters: dict[str, dict[str, Any]]
+    list_ages: tuple[float, ...] = ()
 
 
 def evaluate_cutoff(

@@ -194,6 +194,14 @@ def test_the_hourly_task_scores_the_peers_once_a_day(con):
     assert methods(T + 25 * HOUR) == set(ev.METHODS) - set(ev.PEERS)
 
 
+def test_list_ages_are_hours_since_the_list_in_force_was_written(con):
+    _recommend(con, "u1", T - 30 * HOUR, ["a"])
+    _recommend(con, "u1", T - 6 * HOUR, ["b"])
+    _recommend(con, "u2", T - 2 * HOUR, ["a"])
+    _recommend(con, "u2", T + HOUR, ["b"])  # after T: not in force yet
+    assert ev.list_ages_hours(con, T, "m", ["u1", "u2", "u3"]) == [6.0, 2.0]
+
+
 def test_weighted_means_weight_by_users():
     rows = [
         {"population": "known", "method": "model", "metric": "ndcg", "k": 10, "value": 1.0,
