@@ -238,16 +238,16 @@ def _cutoff_examples(
     half_life_hours: float,
     evidence_events: int,
     config: ScoringConfig,
+    relevant: dict[str, set[str]],
     examples: _Examples,
 ) -> int:
-    """Add the training users of one cut-off to ``examples``; returns how many."""
+    """Add the training users of one cut-off (``relevant``: their later items) to
+    ``examples``; returns how many."""
     import numpy as np
 
-    from interest_pipeline.evaluation import relevant_items
     from interest_pipeline.recommendations import FEATURES, _Context
     from interest_pipeline.warehouse import vectors_to_numpy
 
-    relevant = relevant_items(con, cutoff, settings.horizon_hours)
     if not relevant:
         return 0
     vectors = _known_vectors(
@@ -419,21 +419,15 @@ def ndcg_on_candidates(
 
 
 def _trending_half_life(
-    con: duckdb.DuckDBPyConnection, cutoffs: list[datetime], settings: RankerSettings
+    con: duckdb.DuckDBPyConnection, relevant_at: dict[datetime, dict[str, set[str]]]
 ) -> tuple[float, dict[str, float]]:
-    """The popularity half-life whose order best serves the new users of the cut-offs."""
-    from interest_pipeline.evaluation import ndcg_at_k, relevant_items
+    """The popularity half-life whose order best serves the new users of the cut-offs
+    (``relevant_at``: each cut-off's users and their later items)."""
+    from interest_pipeline.evaluation import _known_users, ndcg_at_k
 
     totals = dict.fromkeys(TRENDING_HALF_LIVES, 0.0)
-    for cutoff in cutoffs:
-        relevant = relevant_items(con, cutoff, settings.horizon_hours)
-        known = {
-            r[0]
-            for r in con.execute(
-                "select distinct user_id from user_item_interactions where interval_start < ?",
-                [cutoff],
-            ).fetchall()
-        }
+    for cutoff, relevant in relevant_at.items():
+        known = _known_users(con, cutoff)
         new = {u: r for u, r in relevant.items() if u not in known}
         if not new:
             continue
@@ -484,6 +478,7 @@ def train_ranker(
     (replacing an earlier fit at the same time). Returns a summary for XCom."""
     import numpy as np
 
+    from interest_pipeline.evaluation import relevant_items
     from interest_pipeline.recommendations import FEATURES
 
     s = settings or ranker_settings()
@@ -500,15 +495,18 @@ def train_ranker(
         cutoffs.append(t)
         t -= step
     cutoffs.reverse()
+    # Read once per cut-off: the examples and the trending fit both need it.
+    relevant_at = {c: relevant_items(con, c, s.horizon_hours) for c in cutoffs}
     examples = _Examples()
-    for cutoff in cutoffs:
+    for cutoff, relevant in relevant_at.items():
         _cutoff_examples(
-            con, model_id, cutoff, s, half_life_hours, evidence_events, config, examples
+            con, model_id, cutoff, s, half_life_hours, evidence_events, config, relevant,
+            examples,
         )
     defaults = default_weights(config)
     w_default = np.array([defaults[f] for f in FEATURES])
     trending, trending_scores = (
-        _trending_half_life(con, cutoffs, s) if cutoffs else (
+        _trending_half_life(con, relevant_at) if cutoffs else (
             config.popularity_half_life_hours, {}
         )
     )
