@@ -84,3 +84,43 @@
             then timezone('UTC', try_cast(upper(trim({{ json_text }})) as timestamptz))
     end
 {%- endmacro %}
+
+
+{#-
+    True when a JSON field is absent, null, a string or a number: anything an id can be. An
+    object, array or boolean id (e.g. {"id": 1}) would otherwise be stored as its JSON text.
+-#}
+{% macro is_scalar_id(json_kind) -%}
+    (coalesce({{ json_kind }}, 'NULL') in ('NULL', 'VARCHAR', 'BIGINT', 'UBIGINT', 'DOUBLE'))
+{%- endmacro %}
+
+
+{#-
+    The most words of a text that are kept (INTEREST_MAX_TEXT_WORDS, default 256). The default
+    model reads at most 256 word pieces and every word is at least one piece, so nothing the
+    model would read is cut; a longer text costs storage and tokenising for nothing.
+-#}
+{% macro max_text_words() -%}
+    {%- set value = env_var('INTEREST_MAX_TEXT_WORDS', '256') -%}
+    {%- if not modules.re.fullmatch('[1-9][0-9]*', value) -%}
+        {{ exceptions.raise_compiler_error(
+            "INTEREST_MAX_TEXT_WORDS must be a positive integer, got '" ~ value ~ "'"
+        ) }}
+    {%- endif -%}
+    {{ return(value | int) }}
+{%- endmacro %}
+
+
+{#-
+    A text cut to its first max_text_words() words; a cut text ends with ' […]' so that anyone
+    reading it (evidence, the CLI) sees it was truncated. Shorter texts are returned unchanged.
+-#}
+{% macro truncate_words(text) -%}
+    case
+        when len(regexp_split_to_array(trim({{ text }}), '\s+')) > {{ max_text_words() }}
+            then array_to_string(
+                regexp_split_to_array(trim({{ text }}), '\s+')[1:{{ max_text_words() }}], ' '
+            ) || ' […]'
+        else {{ text }}
+    end
+{%- endmacro %}

@@ -309,7 +309,8 @@ def list_runs(con: duckdb.DuckDBPyConnection, last: int = 24) -> list[dict[str, 
 def list_quarantine(
     con: duckdb.DuckDBPyConnection, interval: datetime | None = None, last: int = 50
 ) -> list[dict[str, Any]]:
-    """The ``last`` newest rejected lines, optionally only of the interval containing a time.
+    """The ``last`` newest rejected lines and damaged files (line 0), optionally only of the
+    interval containing a time.
 
     Raises:
         NotFoundError: No rejected lines (in that interval).
@@ -716,9 +717,20 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
 
 
 def print_quarantine(rows: list[dict[str, Any]]) -> None:
-    """Human output of ``quarantine``: raw lines cut to fit; ``--json`` has them whole."""
+    """Human output of ``quarantine``: raw lines cut to fit; ``--json`` has them whole.
+
+    A file-level row (line 0: a part file that could not be read whole) shows as
+    ``file (whole file)`` with no raw line.
+    """
     table = [
-        {**row, "where": f"{row['source_file']}:{row['line_number']}"} for row in rows
+        {
+            **row,
+            "where": f"{row['source_file']}:{row['line_number']}"
+            if row["line_number"]
+            else f"{row['source_file']} (whole file)",
+            "raw_line": row["raw_line"] or "",
+        }
+        for row in rows
     ]
     columns = [("interval_start", "interval_start"), ("where", "file:line"),
                ("reason", "reason"), ("raw_line", "raw_line")]
@@ -874,7 +886,7 @@ _COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]
     ("quarantine", "rejected input lines with file:line, reason and the raw line",
      "interest quarantine --interval '2010-11-10 10:30' --json",
      _quarantine_arguments),
-    ("sql", "run read-only SQL (writes fail with exit status 4)",
+    ("sql", "run read-only SQL on the warehouse alone (writes, files, attach, set: exit 4)",
      "interest sql \"select user_id, count(*) from user_interest_vectors group by 1\"",
      _sql_arguments),
 )

@@ -20,6 +20,10 @@ runs with no setup; each env var overrides one thing.
 | INTEREST_RANKER*                | the fitted ranker: see ranker.RankerSettings |
 | INTEREST_REFRESH_HORIZON_HOURS  | 168 (users active within it get a re-scored list daily) |
 | INTEREST_NEW_ITEM_RANK          | 20 (the rank given to the user's best new item; 0: none) |
+| INTEREST_MAX_LINE_BYTES         | 65536 (longer landing lines are quarantined; ingest.py) |
+| INTEREST_MAX_EVENT_SKEW_HOURS   | 1 (event_time later than arrival hour end + this is quarantined; dbt) |
+| INTEREST_MIN_EVENT_TIME         | 1990-01-01 (earlier event_time is quarantined; dbt) |
+| INTEREST_MAX_TEXT_WORDS         | 256 (queries/tags/documents cut to this many words; dbt) |
 """
 
 from __future__ import annotations

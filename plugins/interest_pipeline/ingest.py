@@ -1,13 +1,24 @@
 """Copy one hourly landing partition, line for line, into the warehouse's raw tables.
 
 Parsing and validation happen in dbt (stg_landing__*), so every landed line, good or bad,
-reaches the warehouse and is either staged or quarantined: nothing is dropped here.
+reaches the warehouse and is either staged or quarantined: nothing is dropped here. What only
+the reader can see is recorded beside the line (``read_problem``) and per file
+(``raw.landing_files``), and dbt quarantines it with that reason:
+
+- a gzip file that ends early or is corrupt: the lines decompressed before the damage land as
+  usual (each is validated like any other line), the incomplete line at the damage is
+  quarantined, and the file gets a file-level quarantine row saying what happened;
+- a line that is not valid UTF-8: quarantined with its bytes shown as ``\\xNN`` escapes;
+- a line longer than ``INTEREST_MAX_LINE_BYTES`` (default 64 KiB): quarantined with its first
+  ``INTEREST_MAX_LINE_BYTES`` bytes, never parsed or embedded.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
+import os
+import zlib
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +32,24 @@ log = logging.getLogger(__name__)
 
 KINDS = ("events", "items")
 _RAW_TABLE = {"events": "raw.event_lines", "items": "raw.item_lines"}
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+# Compressed bytes fed to zlib at a time: a corrupt block loses at most this much output.
+_GZIP_CHUNK = 64 * 1024
+
+
+def max_line_bytes() -> int:
+    """The longest line accepted (``INTEREST_MAX_LINE_BYTES``, default 64 KiB)."""
+    return int(os.environ.get("INTEREST_MAX_LINE_BYTES", str(DEFAULT_MAX_LINE_BYTES)))
+
+
+@dataclass
+class LandedFile:
+    """One part file as read: its lines (line_no, text, read_problem) and any file problem."""
+
+    path: str
+    size_bytes: int
+    lines: list[tuple[int, str, str | None]] = field(default_factory=list)
+    problem: str | None = None
 
 
 def partition_dir(landing_dir: Path, kind: str, interval_start: datetime) -> Path:
@@ -33,25 +62,77 @@ def partition_dir(landing_dir: Path, kind: str, interval_start: datetime) -> Pat
     )
 
 
-def read_partition_lines(landing_dir: Path, folder: Path) -> list[tuple[str, int, str]]:
-    """Every line of every ``*.jsonl[.gz]`` file in a partition, as (file, line_no, text).
+def gunzip_prefix(data: bytes) -> tuple[bytes, str | None]:
+    """Decompress a (possibly multi-member) gzip stream as far as it is intact.
 
-    Files are read in name order so reruns see lines in the same order. Undecodable bytes are
-    replaced rather than raised, so the line still reaches quarantine with what it held.
+    Returns the bytes recovered and ``None``, or the bytes recovered before the damage and a
+    one-line description of it (truncated stream, corrupt data, not gzip at all).
     """
+    out: list[bytes] = []
+    rest = data
+    while rest:
+        decomp = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+        pos = 0
+        try:
+            while pos < len(rest) and not decomp.eof:
+                out.append(decomp.decompress(rest[pos : pos + _GZIP_CHUNK]))
+                pos += _GZIP_CHUNK
+            out.append(decomp.flush())
+        except zlib.error as exc:
+            return b"".join(out), f"corrupt gzip data ({exc})"
+        if not decomp.eof:
+            return b"".join(out), "truncated gzip: the file ends before its end-of-stream marker"
+        # A gzip file may hold several members back to back (e.g. appended parts).
+        rest = decomp.unused_data
+    return b"".join(out), None
+
+
+def read_part_file(landing_dir: Path, path: Path, limit: int | None = None) -> LandedFile:
+    """Read one part file into lines, recording what could not be read and why."""
+    limit = max_line_bytes() if limit is None else limit
+    rel = path.relative_to(landing_dir).as_posix()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return LandedFile(rel, 0, problem=f"unreadable file ({exc.strerror or exc})")
+    landed = LandedFile(rel, len(data))
+    if path.name.endswith(".gz"):
+        data, landed.problem = gunzip_prefix(data)
+    chunks = data.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()  # the trailing newline ends the last line; it is not an empty line
+    bad_utf8 = 0
+    for number, chunk in enumerate(chunks, start=1):
+        chunk = chunk.removesuffix(b"\r")
+        problem = None
+        if len(chunk) > limit:
+            problem = f"line too long: {len(chunk)} bytes (limit {limit}); kept its first {limit}"
+            chunk = chunk[:limit]
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # A cut at the size limit may split a character: that is not the line's fault.
+            text = chunk.decode("utf-8", errors="backslashreplace")
+            if problem is None:
+                problem = f"invalid UTF-8 at byte {exc.start}"
+                bad_utf8 += 1
+        landed.lines.append((number, text, problem))
+    if landed.problem is not None and data and not data.endswith(b"\n") and landed.lines:
+        number, text, problem = landed.lines[-1]
+        landed.lines[-1] = (number, text, problem or "incomplete line: the file is damaged here")
+    if landed.problem is not None:
+        landed.problem += f"; {len(landed.lines)} lines read before the damage"
+    elif bad_utf8:
+        landed.problem = f"invalid UTF-8 in {bad_utf8} lines (quarantined line by line)"
+    return landed
+
+
+def read_partition(landing_dir: Path, folder: Path) -> list[LandedFile]:
+    """Every ``*.jsonl[.gz]`` part file of a partition, in name order (reruns read the same)."""
     if not folder.is_dir():
         return []
-    rows: list[tuple[str, int, str]] = []
     files = sorted(p for p in folder.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
-    for path in files:
-        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-        text = raw.decode("utf-8", errors="replace")
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the trailing newline ends the last line; it is not an empty line
-        rel = path.relative_to(landing_dir).as_posix()
-        rows.extend((rel, i, line.rstrip("\r")) for i, line in enumerate(lines, start=1))
-    return rows
+    return [read_part_file(landing_dir, path) for path in files]
 
 
 def ingest_interval(
@@ -60,17 +141,20 @@ def ingest_interval(
     interval_start: datetime,
     interval_end: datetime,
 ) -> dict[str, int]:
-    """Replace the interval's rows in raw.event_lines / raw.item_lines with the partition's lines.
+    """Replace the interval's rows in raw.event_lines / raw.item_lines / raw.landing_files.
 
-    Returns the number of lines landed per kind. A missing partition is an empty hour.
+    Returns the number of lines landed per kind and of damaged files. A missing partition is
+    an empty hour; a damaged file never fails the interval.
     """
     import pyarrow as pa
 
     loaded_at = datetime.utcnow().replace(microsecond=0)
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"files_damaged": 0}
     with transaction(con):
+        con.execute("delete from raw.landing_files where interval_start = ?", [interval_start])
         for kind in KINDS:
-            rows = read_partition_lines(landing_dir, partition_dir(landing_dir, kind, interval_start))
+            files = read_partition(landing_dir, partition_dir(landing_dir, kind, interval_start))
+            rows = [(f.path, *line) for f in files for line in f.lines]
             table = _RAW_TABLE[kind]
             con.execute(f"delete from {table} where interval_start = ?", [interval_start])
             n = len(rows)
@@ -82,9 +166,31 @@ def ingest_interval(
                     "line_number": pa.array([r[1] for r in rows], pa.int32()),
                     "line": pa.array([r[2] for r in rows], pa.string()),
                     "loaded_at": pa.array([loaded_at] * n, pa.timestamp("us")),
+                    "read_problem": pa.array([r[3] for r in rows], pa.string()),
                 }
             )
             insert_arrow(con, table, batch)
+            m = len(files)
+            insert_arrow(
+                con,
+                "raw.landing_files",
+                pa.table(
+                    {
+                        "interval_start": pa.array([interval_start] * m, pa.timestamp("us")),
+                        "interval_end": pa.array([interval_end] * m, pa.timestamp("us")),
+                        "source_kind": pa.array([kind] * m, pa.string()),
+                        "source_file": pa.array([f.path for f in files], pa.string()),
+                        "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
+                        "lines_read": pa.array([len(f.lines) for f in files], pa.int64()),
+                        "read_problem": pa.array([f.problem for f in files], pa.string()),
+                        "loaded_at": pa.array([loaded_at] * m, pa.timestamp("us")),
+                    }
+                ),
+            )
             counts[f"{kind[:-1]}_lines_landed"] = n
+            counts["files_damaged"] += sum(f.problem is not None for f in files)
+            for f in files:
+                if f.problem is not None:
+                    log.warning("damaged part file %s: %s", f.path, f.problem)
     log.info("ingested %s for [%s, %s)", counts, interval_start, interval_end)
     return counts

@@ -137,6 +137,7 @@ def build_dbt_models(
 _INTERVAL_TABLES = (
     "raw.event_lines",
     "raw.item_lines",
+    "raw.landing_files",
     "main.stg_landing__events",
     "main.stg_landing__items",
     "main.quarantine",
@@ -396,15 +397,19 @@ def _run_stats_row(
             (select count(*) from raw.event_lines where interval_start = $s),
             (select count(*) from raw.item_lines where interval_start = $s),
             (select count(*) from stg_landing__events where interval_start = $s),
-            (select count(*) from quarantine where interval_start = $s),
+            (select count(*) from quarantine where interval_start = $s and line_number > 0),
             (select count(*) from quarantine
-                where interval_start = $s and source_kind = 'events'),
-            (select count(*) from stg_landing__items where interval_start = $s)
+                where interval_start = $s and source_kind = 'events' and line_number > 0),
+            (select count(*) from stg_landing__items where interval_start = $s),
+            (select count(*) from quarantine where interval_start = $s and line_number = 0)
         """,
         {"s": start},
     )
     assert counts is not None
-    lines, item_lines, events_in, quarantined, events_quarantined, items_upserted = counts
+    (
+        lines, item_lines, events_in, quarantined, events_quarantined, items_upserted,
+        files_quarantined,
+    ) = counts
     return {
         "interval_start": start,
         "interval_end": end,
@@ -413,6 +418,7 @@ def _run_stats_row(
         "events_in": events_in,
         "duplicates": lines - events_quarantined - events_in,
         "quarantined": quarantined,
+        "files_quarantined": files_quarantined,
         "items_upserted": items_upserted,
         "texts_embedded": merged.get("texts_embedded", 0),
         "users_updated": merged.get("users_updated", 0),

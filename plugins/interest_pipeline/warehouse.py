@@ -26,7 +26,8 @@ _LINE_TABLE_COLUMNS = """
     source_file varchar not null,
     line_number integer not null,
     line varchar,
-    loaded_at timestamp not null
+    loaded_at timestamp not null,
+    read_problem varchar        -- why the reader could not take the line as landed, if so
 """
 
 # No primary keys: DuckDB checks them eagerly, so the delete + insert that replaces an
@@ -35,6 +36,20 @@ SCHEMA_DDL = f"""
 create schema if not exists raw;
 create table if not exists raw.event_lines ({_LINE_TABLE_COLUMNS});
 create table if not exists raw.item_lines ({_LINE_TABLE_COLUMNS});
+-- Warehouses made before the reader recorded its problems.
+alter table raw.event_lines add column if not exists read_problem varchar;
+alter table raw.item_lines add column if not exists read_problem varchar;
+-- One row per part file read: a damaged file is quarantined from here (read_problem).
+create table if not exists raw.landing_files (
+    interval_start timestamp not null,
+    interval_end timestamp not null,
+    source_kind varchar not null,
+    source_file varchar not null,
+    size_bytes bigint not null,
+    lines_read bigint not null,
+    read_problem varchar,
+    loaded_at timestamp not null
+);
 
 create table if not exists text_embeddings (
     model_id varchar not null,
@@ -85,7 +100,7 @@ create table if not exists pipeline_runs (
     item_lines_landed bigint not null,
     events_in bigint not null,
     duplicates bigint not null,
-    quarantined bigint not null,
+    quarantined bigint not null,                -- lines; a damaged file's row is not a line
     items_upserted bigint not null,
     texts_embedded bigint not null,
     users_updated bigint not null,
@@ -100,9 +115,25 @@ create table if not exists pipeline_runs (
     code_version varchar not null,
     recorded_at timestamp not null
 );
+-- Warehouses made before file-level quarantine.
+alter table pipeline_runs add column if not exists files_quarantined bigint;
+
 """
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
+
+# A read-only connection runs users' SQL (`interest sql`) and serves outputs, so `read_only`
+# alone is not enough: it still lets `attach … (read_write)`, `copy … to`, `export database`,
+# `read_csv('/etc/passwd')` and extension loads through. These settings close every door but
+# the opened database, and `lock_configuration` stops a query from `set`-ting them back.
+READ_ONLY_CONFIG: dict[str, str | bool] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+    "lock_configuration": True,
+}
 
 
 def connect(
@@ -111,7 +142,8 @@ def connect(
     """Open the warehouse, waiting while another process holds the file lock.
 
     DuckDB allows one writing process per file; a short wait turns a collision between
-    two short writers into a delay instead of a failed task.
+    two short writers into a delay instead of a failed task. A read-only connection is also
+    sandboxed (:data:`READ_ONLY_CONFIG`): it can read this database and nothing else.
     """
     import duckdb
 
@@ -121,7 +153,11 @@ def connect(
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
-            con.execute("set TimeZone = 'UTC'")
+            con.execute("set TimeZone = 'UTC'")  # loads icu first: it cannot load once locked
+            if read_only:
+                # lock_configuration last: it freezes the settings before it.
+                for name, value in READ_ONLY_CONFIG.items():
+                    con.execute(f"set {name} = {str(value).lower()}")
             return con
         except duckdb.IOException as exc:
             if not any(m in str(exc) for m in _LOCK_MARKERS) or time.monotonic() > deadline:

@@ -69,8 +69,12 @@ EVENT_LINES_1 = [
                        event_time="1704103260000"), None),
     (EVENTS_1A, _event("e4", "rate", "u2", item_id="i1", value=4), None),
     (EVENTS_1A, _event("e5", "search", "u3", query="  Red Lamp "), None),
-    # Re-delivery of e1 within the hour (different payload): the first delivery wins.
-    (EVENTS_1A, _event("e1", "view", "u9", item_id="i9"), None),
+    # e1 again within the hour with another payload: the first delivery wins, this one is
+    # quarantined naming it.
+    (EVENTS_1A, _event("e1", "view", "u9", item_id="i9"),
+     f"event_id e1 repeats {EVENTS_1A} line 1 with different content"),
+    # An identical re-delivery of e2: a plain duplicate.
+    (EVENTS_1A, _event("e2", "purchase", item_id="i2", value=-1, event_time=1704103200000), None),
     (EVENTS_1A, "", "empty line"),
     (EVENTS_1A, "   \t", "empty line"),
     (EVENTS_1A, '{"event_id": "x1", "event_time": ', "not valid JSON"),
@@ -90,19 +94,31 @@ EVENT_LINES_1 = [
     (EVENTS_1A, _event("x8", "search", query=" "), "search/tag event without query"),
     (EVENTS_1A, _event("x9", "follow"), "follow event without target_user_id"),
     (EVENTS_1A, _event("x10", "rate", item_id="i1", value="five"), "value is not a number"),
+    (EVENTS_1A, _event("x11", "view", item_id={"id": 1}), "item_id is not a string or number"),
+    (EVENTS_1A, _event("x12", "view", {"id": "u1"}, item_id="i1"),
+     "user_id is not a string or number"),
+    (EVENTS_1A, _event("x13", "view", item_id="i1", event_time="2999-01-01T00:00:00Z"),
+     "event_time more than 1 h after its arrival hour"),
+    (EVENTS_1A, _event("x14", "view", item_id="i1", event_time=0),
+     "event_time before 1990-01-01"),
     (EVENTS_1B, _event("e6", "follow", target_user_id="u2"), None),
-    # Re-delivery of e5 in a later file of the same hour: dropped.
-    (EVENTS_1B, _event("e5", "search", "u3", query="other"), None),
+    # e5 again in a later file of the same hour, with another query: quarantined.
+    (EVENTS_1B, _event("e5", "search", "u3", query="other"),
+     f"event_id e5 repeats {EVENTS_1A} line 5 with different content"),
     (EVENTS_1B, _event(7, "tag", 42, item_id=3, query="Cozy"), None),
 ]
 EVENT_LINES_2 = [
-    # Re-delivery of e1 an hour later: the earlier hour keeps it.
+    # Re-delivery of e1 an hour later (the same instant, written in UTC): a duplicate; the
+    # earlier hour keeps it.
     (EVENTS_2, _event("e1", "view", item_id="i1", event_time="2024-01-01T09:30:00Z"), None),
     (EVENTS_2, _event("e8", "click", item_id="i3", event_time="2024-01-01T11:05:00.5Z"), None),
     (EVENTS_2, _event("e9", "view", "u2", item_id="i1", value=12.5,
                       event_time="2024-01-01T06:20:00-05:00"), None),
     (EVENTS_2, '{"event_id": "e10"}', "missing required field: event_time"),
-    (EVENTS_2, _event("e8", "click", item_id="i3"), None),
+    (EVENTS_2, _event("e8", "click", item_id="i3", event_time="2024-01-01T11:05:00.5Z"), None),
+    # e9's id reused an hour later for another event: quarantined, naming the first copy.
+    (EVENTS_2, _event("e9", "click", "u2", item_id="i3", event_time="2024-01-01T11:10:00Z"),
+     f"event_id e9 repeats {EVENTS_2} line 3 with different content"),
 ]
 
 
@@ -142,21 +158,11 @@ class Run:
 
 
 def _create_raw_tables(warehouse: Path) -> None:
+    """The raw tables exactly as the warehouse module creates them for the ingest task."""
+    from interest_pipeline.warehouse import SCHEMA_DDL
+
     with duckdb.connect(str(warehouse)) as con:
-        con.execute("create schema raw")
-        for table in ("event_lines", "item_lines"):
-            con.execute(
-                f"""
-                create table raw.{table} (
-                    interval_start timestamp,
-                    interval_end timestamp,
-                    source_file varchar,
-                    line_number integer,
-                    line varchar,
-                    loaded_at timestamp
-                )
-                """
-            )
+        con.execute(SCHEMA_DDL)
 
 
 def _land(warehouse: Path, table: str, start: datetime, end: datetime, lines: list) -> None:
@@ -167,7 +173,12 @@ def _land(warehouse: Path, table: str, start: datetime, end: datetime, lines: li
         rows.append((start, end, source_file, numbers[source_file], line, LOADED_AT))
     with duckdb.connect(str(warehouse)) as con:
         con.execute(f"delete from raw.{table} where interval_start = ?", [start])
-        con.executemany(f"insert into raw.{table} values (?, ?, ?, ?, ?, ?)", rows)
+        con.executemany(
+            f"insert into raw.{table} "
+            "(interval_start, interval_end, source_file, line_number, line, loaded_at) "
+            "values (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
 
 def _expected_rejections(kind: str, lines: list) -> dict[tuple, str]:
@@ -293,11 +304,11 @@ def test_event_counts_are_lines_minus_duplicates_minus_quarantined(runs: dict[st
         hour: sorted(e["event_id"] for e in events if e["interval_start"] == hour)
         for hour in (HOUR_1, HOUR_2)
     }
-    # Hour 1: 23 lines, 14 quarantined, 2 duplicates (e1 and e5 re-delivered).
-    assert len(EVENT_LINES_1) - 14 - 2 == 7
+    # Hour 1: 28 lines, 20 quarantined (2 of them reused ids), 1 duplicate (e2 re-delivered).
+    assert len(EVENT_LINES_1) - 20 - 1 == 7
     assert by_hour[HOUR_1] == ["7", "e1", "e2", "e3", "e4", "e5", "e6"]
-    # Hour 2: 5 lines, 1 quarantined, e1 recorded in hour 1, e8 delivered twice.
-    assert len(EVENT_LINES_2) - 1 - 2 == 2
+    # Hour 2: 6 lines, 2 quarantined (one reused id), e1 recorded in hour 1, e8 delivered twice.
+    assert len(EVENT_LINES_2) - 2 - 2 == 2
     assert by_hour[HOUR_2] == ["e8", "e9"]
     assert len(events) == len({e["event_id"] for e in events})
 

@@ -1,14 +1,16 @@
 """The ``interest`` CLI against one pipeline database built from real sample logs (slow).
 
 The fixture replays three consecutive busy hours of the retail default window (plus a few
-malformed lines, so the quarantine has rows) and runs the real stages in-process for each
+malformed lines and a truncated gzip part file, so the quarantine has rows) and runs the real stages in-process for each
 hour: real dbt, the real embedding model. Every command is then called through ``main``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gzip
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -66,6 +68,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     hours = [first + timedelta(hours=i) for i in range(HOURS)]
     bad = partition_dir(settings.landing_dir, "events", hours[1]) / "part-99999.jsonl"
     bad.write_text("{not json\n" + LONG_BAD_LINE + "\n")
+    # A part file cut off in transit, beside the hour's good files.
+    whole = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(500)))
+    damaged = partition_dir(settings.landing_dir, "events", hours[2]) / "part-99998.jsonl.gz"
+    damaged.write_bytes(whole[: len(whole) // 2])
     for start in hours:
         stages.run_interval(start, start + timedelta(hours=1), settings)
     path = settings.warehouse_path
@@ -345,7 +351,7 @@ def test_quarantine_shows_rejected_lines_cut_in_tables_and_whole_in_json(capsys,
     inside = (pipeline.hours[1] + timedelta(minutes=30)).isoformat()
 
     data = _json(capsys, pipeline, "quarantine", "--interval", inside)
-    code, out, _ = _run(capsys, pipeline, "quarantine")
+    code, out, _ = _run(capsys, pipeline, "quarantine", "--interval", inside)
 
     assert {r["reason"] for r in data} == {"not valid JSON", "unknown event_type: teleport"}
     assert {r["raw_line"] for r in data} == {"{not json", LONG_BAD_LINE}
@@ -353,6 +359,27 @@ def test_quarantine_shows_rejected_lines_cut_in_tables_and_whole_in_json(capsys,
     assert code == 0
     assert "part-99999.jsonl:1" in out and "part-99999.jsonl:2" in out
     assert LONG_BAD_LINE not in out and LONG_BAD_LINE[:40] in out and "…" in out
+
+
+def test_quarantine_shows_a_damaged_file_as_a_file_level_row(capsys, pipeline):
+    inside = (pipeline.hours[2] + timedelta(minutes=30)).isoformat()
+
+    data = _json(capsys, pipeline, "quarantine", "--interval", inside, "--last", "1000")
+    code, out, _ = _run(capsys, pipeline, "quarantine", "--interval", inside)
+
+    (file_row,) = [r for r in data if r["line_number"] == 0]
+    assert file_row["source_file"].endswith("part-99998.jsonl.gz")
+    assert file_row["reason"].startswith("truncated gzip") and file_row["raw_line"] is None
+    # The lines read before the damage are there too (not JSON events: quarantined one by one).
+    lines = [r for r in data if r["source_file"] == file_row["source_file"] and r["line_number"]]
+    assert lines and lines[-1]["reason"] == "incomplete line: the file is damaged here"
+    assert code == 0 and "part-99998.jsonl.gz (whole file)" in out
+    # The hour's good files still landed.
+    (staged,) = _query(
+        pipeline.path, "select count(*) from stg_landing__events where interval_start = ?",
+        [pipeline.hours[2]],
+    )[0]
+    assert staged > 0
 
 
 def test_quarantine_of_a_clean_interval_is_not_found(capsys, pipeline):
@@ -389,6 +416,56 @@ def test_sql_cannot_write(capsys, pipeline):
     code, _, err = _run(capsys, pipeline, "sql", "selec 1")
     assert code == cli.EXIT_SQL
     _assert_one_line_error(err, "syntax error")
+
+
+def _escapes(tmp: Path, warehouse: Path) -> list[str]:
+    secret = tmp / "secret.txt"
+    secret.write_text("the admin password\n")
+    return [
+        f"attach '{warehouse}' as w (read_write)",
+        f"attach '{tmp / 'other.duckdb'}' as other",
+        f"copy (select 1) to '{tmp / 'out.csv'}'",
+        f"export database '{tmp / 'export'}'",
+        f"select * from read_csv('{secret}')",
+        f"select * from read_text('{secret}')",
+        "select * from read_csv('/etc/passwd')",
+        "install httpfs",
+        "load httpfs",
+        "set enable_external_access = true",
+        "set lock_configuration = false",
+        "reset enable_external_access",
+        "pragma enable_profiling",
+        "set threads = 1",
+    ]
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["live", "snapshot"])
+def test_sql_refuses_every_way_out_of_the_warehouse(capsys, pipeline, tmp_path, busy, monkeypatch):
+    """Through `interest sql` a user reads the warehouse (or its snapshot) and nothing else."""
+    last = pipeline.hours[-1]
+    if busy:
+        monkeypatch.setattr(
+            snapshot, "open_for_reading",
+            functools.partial(snapshot.open_for_reading, wait_seconds=0.3),
+        )
+        snapshot.publish_snapshot(pipeline.path, last, last + timedelta(hours=1))
+    escapes = _escapes(tmp_path, snapshot.snapshot_path(pipeline.path) if busy else pipeline.path)
+    before = set(tmp_path.iterdir())
+    lock = hold_write_lock(pipeline.path) if busy else contextlib.nullcontext()
+    with lock:
+        for statement in escapes:
+            code, out, err = _run(capsys, pipeline, "sql", statement)
+            assert code == cli.EXIT_SQL and out == "", statement
+            if busy:  # the first line notes that the snapshot is read
+                note, err = err.split("\n", 1)
+                assert note.startswith("interest: note: the pipeline is writing")
+            _assert_one_line_error(err)
+            assert "the admin password" not in err and "root:" not in err, statement
+        # Ordinary reads still work on the same kind of connection.
+        code, out, _ = _run(capsys, pipeline, "sql", "select count(*) as n from items")
+        assert code == 0 and out.splitlines()[0].strip() == "n"
+    assert set(tmp_path.iterdir()) == before  # no file written
+    assert _query(pipeline.path, "select count(*) from recommendations")[0][0] > 0
 
 
 # --- the warehouse is missing or busy ------------------------------------------------------

@@ -19,9 +19,20 @@ documents as (
             else ''
         end
         || case when description is not null then '. ' || description else '' end
-        as document
+        as full_document
 
     from items
+
+),
+
+truncated as (
+
+    -- Cut to what the model reads; a cut document ends with ' […]'.
+    select
+        item_id,
+        {{ truncate_words('full_document') }} as document
+
+    from documents
 
 ),
 
@@ -33,7 +44,7 @@ final as (
         -- Hex SHA-256 of the UTF-8 text: the same key the Python side computes for queries.
         sha256(document) as text_hash
 
-    from documents
+    from truncated
 
 )
 

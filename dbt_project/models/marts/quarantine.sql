@@ -28,6 +28,18 @@ item_lines as (
 
 ),
 
+event_id_conflicts as (
+
+    select * from {{ ref('int_event_id_conflicts') }}
+
+),
+
+landed_files as (
+
+    select * from {{ ref('stg_landing__files') }}
+
+),
+
 rejected_event_lines as (
 
     select
@@ -60,11 +72,47 @@ rejected_item_lines as (
 
 ),
 
+conflicting_event_lines as (
+
+    select
+        interval_start,
+        interval_end,
+        'events' as source_kind,
+        source_file,
+        line_number,
+        line as raw_line,
+        reason
+
+    from event_id_conflicts
+
+),
+
+damaged_files as (
+
+    -- A file-level row: line_number 0 and no raw line stand for the file as a whole.
+    select
+        interval_start,
+        interval_end,
+        source_kind,
+        source_file,
+        0 as line_number,
+        cast(null as varchar) as raw_line,
+        read_problem as reason
+
+    from landed_files
+    where read_problem is not null
+
+),
+
 final as (
 
     select * from rejected_event_lines
     union all
     select * from rejected_item_lines
+    union all
+    select * from conflicting_event_lines
+    union all
+    select * from damaged_files
 
 )
 

@@ -36,14 +36,22 @@ extracted as (
         line_number,
         line,
         loaded_at,
-        {{ json_object_problem('trimmed_line', 'line_json') }} as line_problem,
+        -- What the reader found (damaged file, bad UTF-8, too long) comes before parsing.
+        coalesce(read_problem, {{ json_object_problem('trimmed_line', 'line_json') }})
+            as line_problem,
 
+        json_type(line_json, '$.event_id') as event_id_kind,
+        json_type(line_json, '$.user_id') as user_id_kind,
+        json_type(line_json, '$.item_id') as item_id_kind,
+        json_type(line_json, '$.target_user_id') as target_user_id_kind,
         json_extract_string(line_json, '$.event_id') as event_id,
         json_extract_string(line_json, '$.user_id') as user_id,
         json_extract_string(line_json, '$.event_type') as event_type,
         json_extract_string(line_json, '$.item_id') as item_id,
         json_extract_string(line_json, '$.target_user_id') as target_user_id,
-        nullif(lower(trim(json_extract_string(line_json, '$.query'))), '') as query_text,
+        {{ truncate_words(
+            "nullif(lower(trim(json_extract_string(line_json, '$.query'))), '')"
+        ) }} as query_text,
 
         json_type(line_json, '$.event_time') as event_time_kind,
         json_extract_string(line_json, '$.event_time') as event_time_text,
@@ -72,6 +80,14 @@ checked as (
         coalesce(
             line_problem,
             case
+                when not {{ is_scalar_id('event_id_kind') }}
+                    then 'event_id is not a string or number'
+                when not {{ is_scalar_id('user_id_kind') }}
+                    then 'user_id is not a string or number'
+                when not {{ is_scalar_id('item_id_kind') }}
+                    then 'item_id is not a string or number'
+                when not {{ is_scalar_id('target_user_id_kind') }}
+                    then 'target_user_id is not a string or number'
                 when {{ is_missing('event_id') }}
                     then 'missing required field: event_id'
                 when {{ is_missing('event_time_text') }}
@@ -84,6 +100,10 @@ checked as (
                     then 'unknown event_type: ' || event_type
                 when event_at is null
                     then 'unparsable event_time'
+                when event_at > interval_end + interval ({{ max_event_skew_hours() }}) hour
+                    then 'event_time more than {{ max_event_skew_hours() }} h after its arrival hour'
+                when event_at < cast('{{ min_event_time() }}' as timestamp)
+                    then 'event_time before {{ min_event_time() }}'
                 when event_type in {{ sql_string_list(item_event_types()) }}
                     and {{ is_missing('item_id') }}
                     then 'item event without item_id'

@@ -36,8 +36,11 @@ extracted as (
         line_number,
         line,
         loaded_at,
-        {{ json_object_problem('trimmed_line', 'line_json') }} as line_problem,
+        -- What the reader found (damaged file, bad UTF-8, too long) comes before parsing.
+        coalesce(read_problem, {{ json_object_problem('trimmed_line', 'line_json') }})
+            as line_problem,
 
+        json_type(line_json, '$.item_id') as item_id_kind,
         json_extract_string(line_json, '$.item_id') as item_id,
         nullif(trim(json_extract_string(line_json, '$.title')), '') as title,
         nullif(trim(json_extract_string(line_json, '$.description')), '') as description,
@@ -86,6 +89,8 @@ checked as (
         coalesce(
             line_problem,
             case
+                when not {{ is_scalar_id('item_id_kind') }}
+                    then 'item_id is not a string or number'
                 when {{ is_missing('item_id') }}
                     then 'missing required field: item_id'
                 when title is null
