@@ -11,6 +11,9 @@ the reader can see is recorded beside the line (``read_problem``) and per file
 - a line that is not valid UTF-8: quarantined with its bytes shown as ``\\xNN`` escapes;
 - a line longer than ``INTEREST_MAX_LINE_BYTES`` (default 64 KiB): quarantined with its first
   ``INTEREST_MAX_LINE_BYTES`` bytes, never parsed or embedded.
+
+Lines of users in the erasure registry are dropped before they are stored, and counted
+(``raw.landing_files.lines_erased``): a backfill never brings an erased user back.
 """
 
 from __future__ import annotations
@@ -149,12 +152,14 @@ def ingest_interval(
     import pyarrow as pa
 
     loaded_at = datetime.utcnow().replace(microsecond=0)
-    counts: dict[str, int] = {"files_damaged": 0}
+    counts: dict[str, int] = {"files_damaged": 0, "lines_erased": 0}
     with transaction(con):
         con.execute("delete from raw.landing_files where interval_start = ?", [interval_start])
         for kind in KINDS:
             files = read_partition(landing_dir, partition_dir(landing_dir, kind, interval_start))
             rows = [(f.path, *line) for f in files for line in f.lines]
+            erased = _drop_erased(con, rows) if kind == "events" else {}
+            rows = [r for r in rows if (r[0], r[1]) not in erased]
             table = _RAW_TABLE[kind]
             con.execute(f"delete from {table} where interval_start = ?", [interval_start])
             n = len(rows)
@@ -184,13 +189,31 @@ def ingest_interval(
                         "lines_read": pa.array([len(f.lines) for f in files], pa.int64()),
                         "read_problem": pa.array([f.problem for f in files], pa.string()),
                         "loaded_at": pa.array([loaded_at] * m, pa.timestamp("us")),
+                        "lines_erased": pa.array(
+                            [sum(k[0] == f.path for k in erased) for f in files], pa.int64()
+                        ),
                     }
                 ),
             )
             counts[f"{kind[:-1]}_lines_landed"] = n
+            counts["lines_erased"] += len(erased)
             counts["files_damaged"] += sum(f.problem is not None for f in files)
             for f in files:
                 if f.problem is not None:
                     log.warning("damaged part file %s: %s", f.path, f.problem)
     log.info("ingested %s for [%s, %s)", counts, interval_start, interval_end)
     return counts
+
+
+def _drop_erased(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> set[tuple[str, int]]:
+    """(file, line_no) of the lines of erased users (see :mod:`interest_pipeline.erasure`)."""
+    import pyarrow as pa
+
+    from interest_pipeline.erasure import erased_mask
+
+    if not rows:
+        return set()
+    mask = erased_mask(con, pa.array([r[2] for r in rows], pa.string()))
+    if mask is None:
+        return set()
+    return {(r[0], r[1]) for r, erased in zip(rows, mask, strict=True) if erased}

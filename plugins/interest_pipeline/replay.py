@@ -604,12 +604,12 @@ def _write_all(parts: Sequence[_Partition]) -> None:
     # Progress only matters for long replays (a year of retail is thousands of partitions).
     step = math.ceil(total / 10) if total >= 50 else 0
     for done, part in enumerate(parts, start=1):
-        _write_atomic(part.path, part.content)
+        write_atomic(part.path, part.content)
         if step and (done % step == 0 or done == total):
             logger.info("wrote %d/%d partitions (%d%%)", done, total, 100 * done // total)
 
 
-def _write_atomic(path: Path, content: bytes) -> None:
+def write_atomic(path: Path, content: bytes) -> None:
     """Write via a hidden temp file in the same folder, so readers never see half a partition."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # The ".tmp" suffix keeps a crashed write out of the pipeline's "*.jsonl" glob.

@@ -401,14 +401,16 @@ def _run_stats_row(
             (select count(*) from quarantine
                 where interval_start = $s and source_kind = 'events' and line_number > 0),
             (select count(*) from stg_landing__items where interval_start = $s),
-            (select count(*) from quarantine where interval_start = $s and line_number = 0)
+            (select count(*) from quarantine where interval_start = $s and line_number = 0),
+            (select coalesce(sum(lines_erased), 0) from raw.landing_files
+                where interval_start = $s)
         """,
         {"s": start},
     )
     assert counts is not None
     (
         lines, item_lines, events_in, quarantined, events_quarantined, items_upserted,
-        files_quarantined,
+        files_quarantined, lines_erased,
     ) = counts
     return {
         "interval_start": start,
@@ -419,6 +421,7 @@ def _run_stats_row(
         "duplicates": lines - events_quarantined - events_in,
         "quarantined": quarantined,
         "files_quarantined": files_quarantined,
+        "lines_erased": lines_erased,
         "items_upserted": items_upserted,
         "texts_embedded": merged.get("texts_embedded", 0),
         "users_updated": merged.get("users_updated", 0),
@@ -572,3 +575,18 @@ def merge_text_embeddings(
         "embed_shards": len(shards),
         "embed_seconds": round(seconds, 3),
     }
+
+
+def forget_users(
+    user_ids: list[str],
+    reason: str | None = None,
+    purge_landing: bool = False,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Erase users everywhere (the ``interest_forget`` DAG's task; see :mod:`erasure`)."""
+    from interest_pipeline import erasure
+
+    s = settings or get_settings()
+    return erasure.forget_users(
+        s.warehouse_path, user_ids, reason, s.landing_dir if purge_landing else None
+    )

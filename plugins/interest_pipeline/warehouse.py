@@ -48,8 +48,10 @@ create table if not exists raw.landing_files (
     size_bytes bigint not null,
     lines_read bigint not null,
     read_problem varchar,
-    loaded_at timestamp not null
+    loaded_at timestamp not null,
+    lines_erased bigint             -- lines of erased users dropped before they were stored
 );
+alter table raw.landing_files add column if not exists lines_erased bigint;
 
 create table if not exists text_embeddings (
     model_id varchar not null,
@@ -117,6 +119,8 @@ create table if not exists pipeline_runs (
 );
 -- Warehouses made before file-level quarantine.
 alter table pipeline_runs add column if not exists files_quarantined bigint;
+-- ... and before erasure (lines of erased users dropped at ingest).
+alter table pipeline_runs add column if not exists lines_erased bigint;
 
 """
 

@@ -29,7 +29,7 @@ def describe(dag):
         "max_active_runs": dag.max_active_runs,
         "catchup": dag.catchup,
         "timetable": type(dag.timetable).__name__,
-        "timetable_summary": dag.timetable.expression,
+        "timetable_summary": getattr(dag.timetable, "expression", None),
         "doc_md": bool(dag.doc_md),
         "fileloc": dag.fileloc,
     }
@@ -71,7 +71,14 @@ def parsed(tmp_path_factory) -> dict:
 
 def test_no_import_errors(parsed):
     assert parsed["import_errors"] == {}
-    assert parsed["dag_ids"] == sorted([DAG_ID, DAILY_DAG_ID])
+    assert parsed["dag_ids"] == sorted([DAG_ID, DAILY_DAG_ID, "interest_forget"])
+
+
+def test_the_forget_dag_is_manual_and_writes_in_the_one_slot_pool(parsed):
+    dag = parsed["dags"]["interest_forget"]
+    assert dag["timetable"] == "NullTimetable" and dag["max_active_runs"] == 1
+    assert dag["pools"] == {"forget_users": "duckdb_writer"}
+    assert dag["doc_md"] and dag["tags"]
 
 
 def test_parsing_imports_no_heavy_library_and_opens_no_database(parsed):

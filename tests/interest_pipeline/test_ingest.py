@@ -24,7 +24,8 @@ def test_every_line_of_every_file_lands_in_order(con, tmp_path):
 
     counts = ingest_interval(con, landing, START, END)
 
-    assert counts == {"event_lines_landed": 5, "item_lines_landed": 1, "files_damaged": 0}
+    assert counts == {"event_lines_landed": 5, "item_lines_landed": 1, "files_damaged": 0,
+                      "lines_erased": 0}
     rows = con.execute(
         "select source_file, line_number, line from raw.event_lines order by source_file, line_number"
     ).fetchall()
@@ -45,6 +46,7 @@ def test_missing_partition_is_an_empty_hour(con, tmp_path):
         "event_lines_landed": 0,
         "item_lines_landed": 0,
         "files_damaged": 0,
+        "lines_erased": 0,
     }
 
 
