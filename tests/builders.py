@@ -31,3 +31,20 @@ def add_event(
 def table_contents(con, table: str) -> list[tuple]:
     """Every row of a table, sorted, for before/after comparisons."""
     return sorted(con.execute(f"select * from {table}").fetchall(), key=repr)
+
+
+def add_follow(
+    con,
+    event_id: str,
+    user_id: str,
+    target_user_id: str,
+    event_at: datetime,
+    interval_start: datetime,
+    event_type: str = "follow",
+) -> None:
+    """A follow (or unfollow) event as user_item_interactions holds it (weight of the seed)."""
+    con.execute(
+        "insert into user_item_interactions values (?, ?, ?, null, null, ?, null, ?, ?, ?)",
+        [event_id, user_id, event_type, target_user_id, event_at,
+         1.0 if event_type == "follow" else 0.0, interval_start],
+    )

@@ -3,7 +3,9 @@
     event_weights holds one row per known type; its accepted_values test keeps the two in step.
 -#}
 {% macro known_event_types() -%}
-    {{ return(['view', 'search', 'click', 'add_to_cart', 'purchase', 'rate', 'tag', 'follow']) }}
+    {{ return([
+        'view', 'search', 'click', 'add_to_cart', 'purchase', 'rate', 'tag', 'follow', 'unfollow'
+    ]) }}
 {%- endmacro %}
 
 

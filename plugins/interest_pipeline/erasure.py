@@ -81,11 +81,12 @@ def _salt(con: duckdb.DuckDBPyConnection, create: bool) -> str | None:
     return row[0] if row else None
 
 
-def erased_mask(con: duckdb.DuckDBPyConnection, lines: pa.Array) -> list[bool] | None:
-    """For each landing line, whether its user or target is erased; None when nobody is.
+def erased_positions(con: duckdb.DuckDBPyConnection, lines: pa.Array) -> set[int]:
+    """Positions of the landing lines whose user or target is erased (usually none).
 
     The lines are matched in memory (a registered Arrow array), so an erased user's line is
-    never written to the warehouse file, not even to be deleted.
+    never written to the warehouse file, not even to be deleted. Each line is parsed once; only
+    the distinct ids are hashed.
     """
     import pyarrow as pa
 
@@ -94,23 +95,40 @@ def erased_mask(con: duckdb.DuckDBPyConnection, lines: pa.Array) -> list[bool] |
     if not table_exists(con, "erasures") or not con.execute(
         "select count(*) from erasures"
     ).fetchall()[0][0]:
-        return None
+        return set()
     ((salt,),) = con.execute("select salt from erasure_salt").fetchall()
-    con.register("_lines_to_check", pa.table({"line": lines}))
+    con.register(
+        "_lines_to_check", pa.table({"pos": pa.array(range(len(lines)), pa.int64()), "line": lines})
+    )
     try:
         rows = con.execute(
-            f"""
-            select coalesce(sha256($salt || {_LINE_USER.format(field='user_id')})
-                    in (select user_hash from erasures), false)
-                or coalesce(sha256($salt || {_LINE_USER.format(field='target_user_id')})
-                    in (select user_hash from erasures), false)
-            from _lines_to_check
+            """
+            with ids as materialized (
+                select
+                    pos,
+                    case
+                        when json_valid(line)
+                            then json_extract_string(line, ['$.user_id', '$.target_user_id'])
+                        else [
+                            regexp_extract(line, '"user_id"\\s*:\\s*"([^"]*)"', 1),
+                            regexp_extract(line, '"target_user_id"\\s*:\\s*"([^"]*)"', 1)
+                        ]
+                    end as pair
+                from _lines_to_check
+            ),
+            erased as (
+                select id from (select distinct unnest(pair) as id from ids)
+                where id is not null and id <> ''
+                    and sha256($salt || id) in (select user_hash from erasures)
+            )
+            select pos from ids
+            where pair[1] in (select id from erased) or pair[2] in (select id from erased)
             """,
             {"salt": salt},
         ).fetchall()
     finally:
         con.unregister("_lines_to_check")
-    return [bool(r[0]) for r in rows]
+    return {r[0] for r in rows}
 
 
 def _user_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, list[str]]]:

@@ -147,10 +147,10 @@ def scoring_fingerprint(settings: Settings) -> dict[str, Any]:
 def _scoring_code_digest() -> str:
     """A digest of the modules fold, training and recommend run: a change to the scoring code
     re-scores a cached warehouse as a change to its settings does."""
-    from interest_pipeline import ranker, recommendations, user_vectors
+    from interest_pipeline import ranker, recommendations, social, user_vectors
 
     digest = hashlib.sha256()
-    for module in (user_vectors, ranker, recommendations):
+    for module in (user_vectors, ranker, recommendations, social):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -636,6 +636,19 @@ def main(argv: list[str] | None = None) -> int:
         "comparisons": comparisons,
         "hyperparameters": {c.as_of.isoformat(): c.hyperparameters for c in evaluated},
         "list_age_hours": list_age_summary([a for c in evaluated for a in c.list_ages]),
+        # The model's paired samples, to compare two runs (bench/eval_compare.py: e.g. with and
+        # without a feature) on the same (cut-off, user) pairs.
+        "model_per_user": {
+            c.as_of.isoformat(): {
+                "users": c.users["known"],
+                "own_events": [c.own_events.get(u, 0) for u in c.users["known"]],
+                **{
+                    f"{metric}@{k}": [round(v, 6) for v in c.per_user["known"][MODEL][(metric, k)]]
+                    for metric, k in (("ndcg", 10), ("recall", 10))
+                },
+            }
+            for c in evaluated
+        },
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     chart = args.out_dir / f"{name}_{label}.png"

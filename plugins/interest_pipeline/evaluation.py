@@ -510,6 +510,8 @@ class CutoffEvaluation:
         hyperparameters: the peers' chosen hyper-parameters (:func:`choose_hyperparameters`).
         list_ages: hours since each known user's list in force was written (if measured:
             :func:`list_ages_hours`).
+        own_events: {known user: their own events known at T (follows and unfollows not
+            counted)}: to report users with little history of their own apart.
     """
 
     as_of: datetime
@@ -518,6 +520,7 @@ class CutoffEvaluation:
     per_user: dict[str, dict[str, dict[tuple[str, int], list[float]]]]
     hyperparameters: dict[str, dict[str, Any]]
     list_ages: tuple[float, ...] = ()
+    own_events: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_cutoff(
@@ -580,7 +583,16 @@ def evaluate_cutoff(
                         "users_evaluated": len(rel),
                     }
                 )
-    return CutoffEvaluation(as_of, rows, users, per_user, hyperparameters)
+    own_events = dict(con.execute(
+        """
+        select user_id, count(*) from user_item_interactions
+        where interval_start < ? and event_type not in ('follow', 'unfollow')
+            and user_id in (select unnest(?::varchar[]))
+        group by 1
+        """,
+        [as_of, users["known"]],
+    ).fetchall())
+    return CutoffEvaluation(as_of, rows, users, per_user, hyperparameters, own_events=own_events)
 
 
 def evaluate_as_of(

@@ -209,11 +209,9 @@ def _drop_erased(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> set[tuple
     """(file, line_no) of the lines of erased users (see :mod:`interest_pipeline.erasure`)."""
     import pyarrow as pa
 
-    from interest_pipeline.erasure import erased_mask
+    from interest_pipeline.erasure import erased_positions
 
     if not rows:
         return set()
-    mask = erased_mask(con, pa.array([r[2] for r in rows], pa.string()))
-    if mask is None:
-        return set()
-    return {(r[0], r[1]) for r, erased in zip(rows, mask, strict=True) if erased}
+    positions = erased_positions(con, pa.array([r[2] for r in rows], pa.string()))
+    return {(rows[i][0], rows[i][1]) for i in positions}

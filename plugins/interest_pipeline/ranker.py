@@ -91,6 +91,10 @@ class RankerSettings:
         min_training_users: INTEREST_RANKER_MIN_USERS, fewer examples keep the defaults.
         validation_days: INTEREST_RANKER_VALIDATION_DAYS, the latest cut-offs held out.
         enabled: INTEREST_RANKER ("fitted" or "default": always the hand-set defaults).
+        features: INTEREST_RANKER_FEATURES, the features the score may use (comma-separated;
+            default all of ``recommendations.FEATURES``); the others weigh 0, fitted or not.
+            An ablation knob: e.g. everything but ``social`` measures what the people a user
+            follows add.
     """
 
     every_hours: int = 24
@@ -101,6 +105,7 @@ class RankerSettings:
     min_training_users: int = 50
     validation_days: float = 3.0
     enabled: bool = True
+    features: tuple[str, ...] | None = None
 
 
 def ranker_settings() -> RankerSettings:
@@ -118,7 +123,34 @@ def ranker_settings() -> RankerSettings:
         min_training_users=int(env("INTEREST_RANKER_MIN_USERS", d.min_training_users)),
         validation_days=float(env("INTEREST_RANKER_VALIDATION_DAYS", d.validation_days)),
         enabled=env("INTEREST_RANKER", "fitted") != "default",
+        features=_features(env("INTEREST_RANKER_FEATURES")),
     )
+
+
+def _features(value: str | None) -> tuple[str, ...] | None:
+    """INTEREST_RANKER_FEATURES as a tuple of known feature names (None: all)."""
+    from interest_pipeline.recommendations import FEATURES
+
+    if not value:
+        return None
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown:
+        raise ValueError(
+            f"INTEREST_RANKER_FEATURES: unknown feature(s) {', '.join(unknown)}; "
+            f"known: {', '.join(FEATURES)}"
+        )
+    return names
+
+
+def feature_mask() -> np.ndarray:
+    """1 for each feature of ``recommendations.FEATURES`` the score may use, else 0."""
+    import numpy as np
+
+    from interest_pipeline.recommendations import FEATURES
+
+    allowed = ranker_settings().features
+    return np.array([allowed is None or f in allowed for f in FEATURES], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -138,7 +170,8 @@ class Ranker:
 
         from interest_pipeline.recommendations import FEATURES
 
-        return np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float64)
+        weights = np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float64)
+        return weights * feature_mask()
 
 
 def default_weights(config: ScoringConfig) -> dict[str, float]:
@@ -150,6 +183,8 @@ def default_weights(config: ScoringConfig) -> dict[str, float]:
         "cooccurrence": config.cooccurrence_weight,
         "own_recency": 0.0,
         "new_item": 0.0,
+        # Off until a fit adopts it: the data says how much the people one follows matter.
+        "social": 0.0,
     }
 
 
@@ -269,7 +304,8 @@ def _cutoff_examples(
     for i, user in enumerate(users):
         if not ctx.has_taste(user):
             continue
-        feats = ctx.features(user, cosines[i])
+        # A feature the score may not use cannot be fitted either.
+        feats = ctx.features(user, cosines[i]) * feature_mask()[:, None]
         allowed = np.zeros(len(ctx.item_ids))
         ctx.mask(user, allowed, cosines[i])
         ok = np.isfinite(allowed)

@@ -22,10 +22,13 @@ features (:data:`FEATURES`):
 - ``own_recency``: the user's own decayed engagement with j among those latest events (a venue
   visited, an item viewed or carted), scaled by the user's strongest.
 - ``new_item``: 1 for an item nobody has engaged with positively yet.
+- ``social``: the people the user follows (the graph as of the interval), each counted with the
+  decay of their latest positive event on j, scaled to [0, 1] (:mod:`interest_pipeline.social`).
 
 Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
 only from cancellations gets no list rather than the items least like what they returned (or
-the merely popular ones). Items the user already bought or rated are excluded. The user's best
+the merely popular ones). A user with no taste of their own (no events with a text, e.g. only
+follows) gets the items the people they follow engaged with, when there are any. Items the user already bought or rated are excluded. The user's best
 new item takes rank ``INTEREST_NEW_ITEM_RANK`` when none ranks higher. Evidence for an item =
 the user's past contributions (item documents or query/tag texts, decayed and weighted as in
 the fold) that point most towards it.
@@ -33,7 +36,8 @@ the fold) that point most towards it.
 Who gets a list as of an interval end: every user with a new version then; at the daily refresh
 (the interval ending at midnight UTC) also every user active within
 ``INTEREST_REFRESH_HORIZON_HOURS``; and the new-visitor list (trending now) is written every
-hour to ``new_user_recommendations``.
+hour to ``new_user_recommendations``; also every user who followed or unfollowed someone in the
+interval, and the followers of every user with a new version (their social signal changed).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from interest_pipeline.social import FOLLOWS_SQL, SOCIAL_EVENT_TYPES, social_evidence, social_signal
 from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay
 from interest_pipeline.warehouse import (
     insert_arrow,
@@ -251,13 +256,39 @@ def write_recommendations(
                 and user_id not in (select user_id from fresh)
             group by user_id
             having max(last_event_at) >= $active_since
+        ),
+        social as (
+            -- Whose social signal changed: who (un)followed someone in the interval, and the
+            -- followers of every user with a new version.
+            select user_id from user_item_interactions
+            where interval_start = $start and event_type in {social_types}
+            union
+            select follows.user_id from ({follows}) as follows
+            inner join fresh on follows.followee = fresh.user_id
+        ),
+        social_only as (
+            select social.user_id, (
+                select arg_max(versions.vector, versions.as_of)
+                from user_interest_vectors as versions
+                where versions.user_id = social.user_id and versions.model_id = $model_id
+                    and versions.as_of <= $end
+            ) as vector
+            from social
+            where social.user_id not in (select user_id from fresh)
+                and social.user_id not in (select user_id from stale)
         )
         select * from fresh
         union all
         select * from stale
+        union all
+        select * from social_only
         order by user_id
-        """,
+        """.format(
+            social_types=str(SOCIAL_EVENT_TYPES),
+            follows=FOLLOWS_SQL.replace("$interval_start", "$start"),
+        ),
         {
+            "start": interval_start,
             "end": interval_end,
             "model_id": model_id,
             "refresh": refresh,
@@ -360,6 +391,7 @@ FEATURES = (
     "cooccurrence",
     "own_recency",
     "new_item",
+    "social",
 )
 
 
@@ -402,6 +434,9 @@ class _Context:
             )
             self.engaged = self.prior > 0
             self.behaviour = _cooccurrence(con, users, n_items)
+            self.social, self.social_people = social_signal(
+                con, interval_start, interval_end, half_life_hours, n_items
+            )
         finally:
             con.execute("drop table if exists _rec_engaged")
             con.unregister("_rec_users")
@@ -469,15 +504,26 @@ class _Context:
             np.add.at(out[4], own[keep], coef[keep])
             out[4] /= out[4].max()
         out[5] = ~self.engaged
+        if user in self.social:
+            out[6] = self.social[user]
         return out
+
+    def has_social(self, user: str) -> bool:
+        """True when people the user follows engaged with some item."""
+        return user in self.social
 
     def mask(self, user: str, row: np.ndarray, cosines: np.ndarray) -> None:
         """Disqualify, in place, what the user must not be shown."""
         import numpy as np
 
-        # Only items the interest points towards: a user known only from cancellations has
-        # a vector pointing away from what they returned, not a taste to match.
-        row[cosines <= 0] = -np.inf
+        if self.has_taste(user):
+            # Only items the interest points towards: a user known only from cancellations has
+            # a vector pointing away from what they returned, not a taste to match.
+            row[cosines <= 0] = -np.inf
+        else:
+            # No taste of their own (e.g. only follows): what the people they follow engaged
+            # with, and nothing else.
+            row[self.social.get(user, np.zeros_like(row)) <= 0] = -np.inf
         for item in self.consumed.get(user, ()):
             j = self.item_index.get(item)
             if j is not None:
@@ -506,9 +552,17 @@ class _Context:
     def evidence(self, user: str, top: np.ndarray) -> list[list[dict]]:
         """Evidence for the user's recommended items (see :func:`_evidence_for`)."""
         lo, hi = self.ev_bounds.get(user, (0, 0))
-        return _evidence_for(
+        own = _evidence_for(
             self.item_vecs[top], self.ev_vecs[lo:hi], self.ev_coef[lo:hi], self.ev_meta[lo:hi]
         )
+        people = self.social_people.get(user)
+        if not people:
+            return own
+        signal = self.social[user]
+        return [
+            ([social_evidence(people[j], signal[j])] if j in people else []) + ev
+            for j, ev in zip(top.tolist(), own, strict=True)
+        ]
 
 
 def recommend(
@@ -543,13 +597,13 @@ def recommend(
             half_life_hours, evidence_events, config,
         )
     if users_table.num_rows and len(ctx.item_ids):
-        user_vecs = vectors_to_numpy(users_table.column("vector"))
+        user_vecs = _vectors_or_zeros(users_table.column("vector"), ctx.item_vecs.shape[1])
         n = min(top_n, len(ctx.item_ids))
         for block in range(0, len(users), _USER_BLOCK):
             cosines = user_vecs[block : block + _USER_BLOCK] @ ctx.item_vecs.T
             for i in range(cosines.shape[0]):
                 user = users[block + i]
-                if not ctx.has_taste(user):
+                if not (ctx.has_taste(user) or ctx.has_social(user)):
                     continue
                 feats = ctx.features(user, cosines[i])
                 row = weights @ feats
@@ -579,6 +633,20 @@ def recommend(
             "ranker_version": pa.array([ranker.version] * count, pa.string()),
         }
     )
+
+
+def _vectors_or_zeros(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """The users' vectors as a matrix; a user with no vector yet (only follows) gets zeros."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if column.null_count == 0:
+        return vectors_to_numpy(column)
+    out = np.zeros((len(column), dim), dtype=np.float32)
+    present = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    if present.any():
+        out[present] = vectors_to_numpy(column.filter(pc.is_valid(column)))
+    return out
 
 
 def _power(x: np.ndarray, p: float) -> np.ndarray:

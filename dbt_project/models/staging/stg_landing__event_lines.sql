@@ -101,16 +101,18 @@ checked as (
                 when event_at is null
                     then 'unparsable event_time'
                 when event_at > interval_end + interval ({{ max_event_skew_hours() }}) hour
-                    then 'event_time more than {{ max_event_skew_hours() }} h after its arrival hour'
+                    then
+                        'event_time more than {{ max_event_skew_hours() }} h after its arrival hour'
                 when event_at < cast('{{ min_event_time() }}' as timestamp)
                     then 'event_time before {{ min_event_time() }}'
-                when event_type in {{ sql_string_list(item_event_types()) }}
+                when
+                    event_type in {{ sql_string_list(item_event_types()) }}
                     and {{ is_missing('item_id') }}
                     then 'item event without item_id'
                 when event_type in ('search', 'tag') and query_text is null
                     then 'search/tag event without query'
-                when event_type = 'follow' and {{ is_missing('target_user_id') }}
-                    then 'follow event without target_user_id'
+                when event_type in ('follow', 'unfollow') and {{ is_missing('target_user_id') }}
+                    then event_type || ' event without target_user_id'
                 when {{ is_present('value_kind') }} and value is null
                     then 'value is not a number'
             end
