@@ -2,13 +2,14 @@
 
 Each section runs in its own process (its own environment, memory and model), in this order:
 embedding (it also builds the seed warehouse the others copy), dbt before/after, incremental
-cost, scale, top-N, orchestration. Every figure is a ratio against a baseline measured in the
-same run, or a curve: the machine may be shared, so absolute seconds alone mean little.
+cost, scale, top-N, orchestration, the read API. Every figure is a ratio against a baseline
+measured in the same run, or a curve: the machine may be shared, so absolute seconds alone mean
+little.
 
 Output: bench/results/<UTC time>.json and bench/results/latest.json (git-ignored), plus the
 committed copies bench/latest.json and bench/latest.md (the table the README shows).
 
-Usage: python bench/run.py [--quick] [--only embedding,dbt,...] [--keep-work]
+Usage: python bench/run.py [--quick] [--only embedding,dbt,...,api] [--keep-work]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH_DIR, RESULTS_DIR, WORK_DIR, machine  # noqa: E402
 
-SECTIONS = ("embedding", "dbt", "incremental", "scale", "topn", "orchestration")
+SECTIONS = ("embedding", "dbt", "incremental", "scale", "topn", "orchestration", "api", "erasure", "social")
 
 # The matmul ceiling is measured with the library's own CPU detection: OPENBLAS_CORETYPE /
 # OPENBLAS_L2_SIZE (set on some machines for the tests) are dropped for that section only.

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from interest_pipeline import airflow_local
+from interest_pipeline.api import DEFAULT_PORT
 from interest_pipeline.config import REPO_ROOT, airflow_env, get_settings
 
 CORE_SERVICES = {
@@ -147,3 +148,20 @@ def test_requirements_hold_what_the_celery_path_needs():
     for package in ("apache-airflow-providers-celery", "celery", "redis", "psycopg2-binary",
                     "asyncpg"):
         assert re.search(rf"^{re.escape(package)}(\[[a-z,]+\])?==", pins, flags=re.M), package
+
+
+def test_the_read_api_service_serves_the_warehouse_on_the_data_volume_read_only(services):
+    api = services["interest-api"]
+    scheduler = services["airflow-scheduler"]
+    assert api.get("build") == "." and api["image"] == scheduler["image"]
+    command = _command(api)
+    assert command.startswith("interest serve") and "--host 0.0.0.0" in command
+    (port,) = re.findall(r"--port (\d+)", command)
+    (mapping,) = api["ports"]
+    assert mapping == f"${{INTEREST_API_PORT:-{DEFAULT_PORT}}}:{port}"
+    assert api["healthcheck"]["test"][-1] == f"http://localhost:{port}/health"
+    env = api["environment"]
+    assert env["INTEREST_WAREHOUSE_PATH"] == scheduler["environment"]["INTEREST_WAREHOUSE_PATH"]
+    assert f"interest-data:{env['INTEREST_DATA_DIR']}:ro" in api["volumes"]
+    assert not any(key.startswith("AIRFLOW") for key in env)  # no Airflow secret needed
+    assert "`interest-api`" in _scaling_out_section()

@@ -201,6 +201,8 @@ def describe_profile(
     similarity, and the ``n`` nearest of the user's own texts (query/tag texts and documents
     of items they interacted with) up to that version.
     """
+    from interest_pipeline.social import follows_as_of
+
     version = _version(con, user_id, model_id, as_of)
     vector = _unit(version.pop("vector"))
     items, matrix = _item_matrix(con, model_id)
@@ -212,6 +214,11 @@ def describe_profile(
         "nearest_items": _nearest(items, sims, n),
         "themes": _themes(items, sims, n),
         "nearest_texts": _nearest_texts(con, user_id, model_id, version["as_of"], vector, n),
+        # The social dimension: whom the user follows in the graph as of the version.
+        "follows": [
+            followee
+            for _, followee in follows_as_of(con, version["as_of"] - timedelta(hours=1), user_id)
+        ],
     }
 
 
@@ -643,7 +650,10 @@ def to_json(data: Any) -> str:
 
 
 def _because(evidence: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{e['event_type']} '{e['text']}'" for e in evidence)
+    return "; ".join(
+        e["text"] if e["event_type"] == "social" else f"{e['event_type']} '{e['text']}'"
+        for e in evidence
+    )
 
 
 def _version_line(data: dict[str, Any]) -> str:
@@ -690,6 +700,11 @@ def print_profile(data: dict[str, Any]) -> None:
     columns = [("similarity", "similarity"), ("source", "source"), ("item_id", "item_id"),
                ("text", "text"), ("events", "events"), ("event_types", "event_types")]
     print(format_table(rows, columns))
+    if data.get("follows"):
+        shown = ", ".join(data["follows"][:10])
+        more = f" and {len(data['follows']) - 10} more" if len(data["follows"]) > 10 else ""
+        noun = "person" if len(data["follows"]) == 1 else "people"
+        print(f"\nfollows {len(data['follows'])} {noun}: {shown}{more}")
 
 
 def print_diff(data: dict[str, Any]) -> None:
@@ -869,6 +884,28 @@ def _sql_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(fetch=lambda con, a: run_sql(con, a.query), render=print_sql)
 
 
+def _erasures_arguments(parser: argparse.ArgumentParser) -> None:
+    from interest_pipeline.erasure import list_erasures
+
+    parser.set_defaults(fetch=lambda con, a: list_erasures(con), render=print_erasures)
+
+
+def print_erasures(rows: list[dict[str, Any]]) -> None:
+    """Human output of ``erasures``: the registry, newest first (hashes, never ids)."""
+    if not rows:
+        print("no erasures recorded")
+        return
+    table = [
+        {**row, "rows": sum(json.loads(row["rows_deleted"]).values()),
+         "user": row["user_hash"][:16] + "…"}
+        for row in rows
+    ]
+    columns = [("completed_at", "completed_at"), ("user", "user (salted sha256)"),
+               ("rows", "rows deleted"), ("landing_lines_purged", "landing purged"),
+               ("reason", "reason")]
+    print(format_table(table, columns, null="-"))
+
+
 # (name, one-line summary, example, function adding its arguments)
 _COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
     ("recs", "a user's recommendations (rank, item, score, evidence) as of a time",
@@ -889,6 +926,9 @@ _COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]
     ("sql", "run read-only SQL on the warehouse alone (writes, files, attach, set: exit 4)",
      "interest sql \"select user_id, count(*) from user_interest_vectors group by 1\"",
      _sql_arguments),
+    ("erasures", "users forgotten (`interest forget USER…`): when, why, rows deleted",
+     "interest erasures --json",
+     _erasures_arguments),
 )
 
 
@@ -900,7 +940,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Query the interest-pipeline warehouse (read-only).\nWhile the pipeline "
         "writes, commands read the snapshot published by its last run and say so on stderr.\n"
-        "`interest eval --help`: offline evaluation of the model against baselines.",
+        "`interest eval --help`: offline evaluation of the model against baselines.\n"
+        "`interest serve --help`: the same reads over HTTP (FastAPI), from the snapshot.\n"
+        "`interest forget --help`: erase users everywhere (the one command that writes).",
         epilog=f"examples:\n{examples}\n\n{EXIT_CODES_HELP}",
         formatter_class=formatter,
     )
@@ -974,6 +1016,16 @@ def main(argv: list[str] | None = None) -> int:
         from interest_pipeline import eval_cli
 
         return eval_cli.main(argv[1:])
+    if argv[:1] == ["forget"]:
+        # The one write command: erase users (interest_pipeline.erasure), its own options.
+        from interest_pipeline import erasure
+
+        return erasure.main(argv[1:])
+    if argv[:1] == ["serve"]:
+        # The HTTP API (interest_pipeline.api): a long-running server with its own options.
+        from interest_pipeline import api
+
+        return api.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed

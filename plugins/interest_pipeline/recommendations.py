@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from interest_pipeline.social import FOLLOWS_SQL, SOCIAL_EVENT_TYPES, social_evidence, social_signal
+from interest_pipeline.social import SOCIAL_EVENT_TYPES, follows_sql, social_evidence, social_signal
 from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay
 from interest_pipeline.warehouse import (
     insert_arrow,
@@ -285,7 +285,10 @@ def write_recommendations(
         order by user_id
         """.format(
             social_types=str(SOCIAL_EVENT_TYPES),
-            follows=FOLLOWS_SQL.replace("$interval_start", "$start"),
+            follows=follows_sql(
+                "target_user_id in (select user_id from user_interest_vectors "
+                "where as_of = $end and model_id = $model_id)"
+            ).replace("$interval_start", "$start"),
         ),
         {
             "start": interval_start,

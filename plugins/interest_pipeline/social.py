@@ -24,8 +24,14 @@ if TYPE_CHECKING:
 
 SOCIAL_EVENT_TYPES = ("follow", "unfollow")
 
-# The follow graph known at the interval starting at $interval_start: (user_id, followee).
-FOLLOWS_SQL = """
+
+def follows_sql(only: str = "true") -> str:
+    """SQL of the follow graph known at the interval starting at ``$interval_start``:
+    (user_id, followee) rows. ``only`` is a condition on the follow events' ``user_id`` /
+    ``target_user_id`` applied before the newest event per edge is picked (both are part of
+    the edge, so the result is the same as filtering after), so that the cost follows the
+    edges asked for, not the graph."""
+    return f"""
 select user_id, target_user_id as followee
 from (
     select
@@ -40,15 +46,24 @@ from (
     where event_type in ('follow', 'unfollow')
         and interval_start <= $interval_start
         and user_id <> target_user_id
+        and ({only})
 )
 where newest = 1 and event_type = 'follow'
 """
 
 
-def follows_as_of(con: duckdb.DuckDBPyConnection, interval_start: datetime) -> list[tuple[str, str]]:
-    """The edges (user, followee) of the graph known at the interval starting then."""
+def follows_as_of(
+    con: duckdb.DuckDBPyConnection, interval_start: datetime, user_id: str | None = None
+) -> list[tuple[str, str]]:
+    """The edges (user, followee) of the graph known at the interval starting then (of one
+    user, if given)."""
+    if user_id is None:
+        return con.execute(
+            follows_sql() + " order by 1, 2", {"interval_start": interval_start}
+        ).fetchall()
     return con.execute(
-        FOLLOWS_SQL + " order by 1, 2", {"interval_start": interval_start}
+        follows_sql("user_id = $user") + " order by 1, 2",
+        {"interval_start": interval_start, "user": user_id},
     ).fetchall()
 
 
@@ -69,7 +84,7 @@ def social_signal(
 
     rows = con.execute(
         f"""
-        with follows as ({FOLLOWS_SQL})
+        with follows as ({follows_sql("user_id in (select user_id from _rec_users)")})
         select
             follows.user_id,
             engaged.j,
@@ -78,7 +93,6 @@ def social_signal(
                 / 3600.0 / $half_life)) as signal
         from follows
         inner join _rec_engaged as engaged on engaged.user_id = follows.followee
-        where follows.user_id in (select user_id from _rec_users)
         group by 1, 2
         order by 1, 2
         """,

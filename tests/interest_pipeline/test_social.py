@@ -128,3 +128,22 @@ def test_without_follows_the_social_weight_changes_nothing(con, fake_encoder):
     assert lists and con.execute(
         "select * exclude (ranker_version) from recommendations order by all"
     ).fetchall() == lists
+
+
+def test_the_profile_names_whom_the_user_follows_as_of_the_version(con, capsys):
+    from interest_pipeline import cli
+
+    add_follow(con, "f1", "u", "a", H[0], H[0])
+    add_follow(con, "f2", "u", "b", H[0], H[0])
+    add_follow(con, "f3", "w", "a", H[0], H[0])
+    add_follow(con, "f4", "u", "a", H[1], H[1], event_type="unfollow")
+    # what describe_profile reads for the version as of H[1] and as of H[2]
+    assert follows_as_of(con, H[0], "u") == [("u", "a"), ("u", "b")]
+    assert follows_as_of(con, H[1], "u") == [("u", "b")]
+
+    cli.print_profile({
+        "user_id": "u", "model_id": "fake", "as_of": H[2], "event_count": 1,
+        "events_in_interval": 0, "last_event_at": H[0], "nearest_items": [], "themes": [],
+        "nearest_texts": [], "follows": ["b"],
+    })
+    assert "follows 1 person: b" in capsys.readouterr().out
