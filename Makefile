@@ -4,13 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench clean airflow-start airflow-stop airflow-status
+.PHONY: install run test test-fast lint docs bench clean airflow-start airflow-stop airflow-status
 
 # torch first: the pinned CPU wheel; any other torch spec pulls a multi-GB CUDA build.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-lint.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-lint.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -25,6 +26,33 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The house style's linters: ruff on the Python (rules in pyproject.toml), sqlfluff on the dbt
+# project (dbt_project/.sqlfluff). Both run; either failing fails the target.
+lint: install
+	@status=0; \
+	$(BIN)/ruff check plugins dags tests bench || status=1; \
+	$(BIN)/sqlfluff lint dbt_project || status=1; \
+	exit $$status
+
+# The dbt docs site (lineage, descriptions, tests, column types) as one self-contained HTML file
+# in $(DOCS_DIR) (git-ignored), offline. dbt reads column types from built relations, so it
+# builds the seeds and models into a throwaway warehouse in a temp dir (the raw schema as the
+# ingest task creates it, one empty hour), never the pipeline's warehouse; no `make run` needed.
+DOCS_DIR ?= .local/dbt-docs
+DOCS_DBT_ARGS := --project-dir dbt_project --profiles-dir dbt_project \
+	--vars '{"interval_start": "2024-01-01 00:00:00", "interval_end": "2024-01-01 01:00:00"}'
+docs: install
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	export INTEREST_WAREHOUSE_PATH="$$tmp/warehouse.duckdb" DBT_LOG_PATH="$$tmp/logs" \
+		DBT_SEND_ANONYMOUS_USAGE_STATS=false && \
+	$(BIN)/python -c 'import sys, duckdb; from interest_pipeline.warehouse import SCHEMA_DDL; \
+		duckdb.connect(sys.argv[1]).execute(SCHEMA_DDL).close()' "$$INTEREST_WAREHOUSE_PATH" && \
+	$(BIN)/dbt --quiet build $(DOCS_DBT_ARGS) --target-path "$$tmp/target" \
+		--select "resource_type:seed resource_type:model" && \
+	$(BIN)/dbt --quiet docs generate --static $(DOCS_DBT_ARGS) --target-path "$$tmp/target" && \
+	mkdir -p $(DOCS_DIR) && cp "$$tmp/target/static_index.html" $(DOCS_DIR)/index.html && \
+	echo "dbt docs: $(DOCS_DIR)/index.html (open it in a browser; no server needed)"
 
 # Benchmarks (not tests): prints a table, writes bench/results/*.json, bench/latest.{json,md}.
 bench: install

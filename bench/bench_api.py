@@ -194,8 +194,9 @@ def _stop(proc: subprocess.Popen) -> None:
 def serve_trivial(port: int) -> None:
     """The baseline server: one trivial endpoint, on the API's uvicorn settings."""
     from fastapi import FastAPI
-    from interest_pipeline.api import serve
     from pydantic import BaseModel
+
+    from interest_pipeline.api import serve
 
     class Pong(BaseModel):
         ok: bool

@@ -42,9 +42,7 @@ def matmul_rate(size: int = 2048, seconds: float = 3.0) -> dict[str, Any]:
     """Float32 GEMM rate (FLOP/s) of torch and numpy in this process; the best is the ceiling."""
     import numpy as np
     import torch
-    from threadpoolctl import threadpool_info
-
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     rates = {}
     a32 = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)

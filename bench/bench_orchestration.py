@@ -38,7 +38,8 @@ REAL_DAG = "interest_pipeline_hourly"
 DAILY_DAG = "interest_pipeline_daily"
 TRIVIAL_DAG = "bench_trivial_hourly"
 
-TRIVIAL_DAG_SOURCE = '''"""Benchmark baseline: interest_pipeline_hourly's task graph, every task doing nothing."""
+TRIVIAL_DAG_SOURCE = '''"""Benchmark baseline: interest_pipeline_hourly's task graph, every task
+doing nothing."""
 
 from __future__ import annotations
 

@@ -40,7 +40,9 @@ def table(result: dict) -> str:
             bold = "**" if method == "model" else ""
             cells = " | ".join(_cell(metrics.get(c), c) for c in COLUMNS)
             lines.append(f"| {population} | {bold}{method}{bold} | {cells} |")
-    lines += ["", "| population | model vs | NDCG@10: ratio, Δ [95 % CI] | Recall@10: ratio, Δ [95 % CI] |",
+    lines += ["",
+              "| population | model vs | NDCG@10: ratio, Δ [95 % CI] "
+              "| Recall@10: ratio, Δ [95 % CI] |",
               "|---|---|---|---|"]
     for population, baselines in result.get("comparisons", {}).items():
         for baseline, metrics in baselines.items():

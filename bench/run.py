@@ -29,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH_DIR, RESULTS_DIR, WORK_DIR, machine  # noqa: E402
 
-SECTIONS = ("embedding", "dbt", "incremental", "scale", "topn", "orchestration", "api", "erasure", "social")
+SECTIONS = (
+    "embedding", "dbt", "incremental", "scale", "topn", "orchestration", "api", "erasure",
+    "social",
+)
 
 # The matmul ceiling is measured with the library's own CPU detection: OPENBLAS_CORETYPE /
 # OPENBLAS_L2_SIZE (set on some machines for the tests) are dropped for that section only.

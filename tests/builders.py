@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+
 def add_item(con, item_id: str, title: str) -> None:
     con.execute("insert into items values (?, ?)", [item_id, title])
     con.execute(

@@ -20,7 +20,8 @@
 
 {% macro min_event_time() -%}
     {%- set value = env_var('INTEREST_MIN_EVENT_TIME', '1990-01-01') -%}
-    {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}:[0-9]{2})?', value) -%}
+    {%- set date_pattern = '[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}:[0-9]{2})?' -%}
+    {%- if not modules.re.fullmatch(date_pattern, value) -%}
         {{ exceptions.raise_compiler_error(
             "INTEREST_MIN_EVENT_TIME must be a UTC date or 'YYYY-MM-DD HH:MM:SS', got '"
             ~ value ~ "'"

@@ -19,9 +19,15 @@ item_lines as (
 
 landed_intervals as (
 
-    select distinct interval_start, interval_end from event_lines
+    select distinct
+        interval_start,
+        interval_end
+    from event_lines
     union
-    select distinct interval_start, interval_end from item_lines
+    select distinct
+        interval_start,
+        interval_end
+    from item_lines
 
 ),
 

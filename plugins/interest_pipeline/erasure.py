@@ -224,7 +224,8 @@ def _delete_rows(
         _line_hits(con, table, column)
         record(table, "select user_id, count(*) from _hits group by 1")
         if table.startswith("raw."):
-            files |= {r[0] for r in con.execute("select distinct source_file from _hits").fetchall()}
+            hit = con.execute("select distinct source_file from _hits").fetchall()
+            files |= {r[0] for r in hit}
         con.execute(f"delete from {table} where rowid in (select rid from _hits)")
     for table, columns in _user_tables(con):
         match = " or ".join(f"t.{c} = f.user_id" for c in columns)

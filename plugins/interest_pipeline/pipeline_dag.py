@@ -34,7 +34,8 @@ def runs_interval(run_type: str, backfill_only: bool) -> bool:
 def build_pipeline_dag(
     dag_id: str, schedule: Any, doc_md: str, tags: list[str], backfill_only: bool = False
 ) -> Any:
-    """The pipeline DAG: ingest → dbt → embed (mapped shards) → fold → train ranker → recommend → evaluate
+    """The pipeline DAG: ingest → dbt → embed (mapped shards) → fold → train ranker → recommend
+    → evaluate
     → run stats → snapshot, every warehouse writer in the one-slot pool.
 
     Args:

@@ -28,8 +28,9 @@ features (:data:`FEATURES`):
 Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
 only from cancellations gets no list rather than the items least like what they returned (or
 the merely popular ones). A user with no taste of their own (no events with a text, e.g. only
-follows) gets the items the people they follow engaged with, when there are any. Items the user already bought or rated are excluded. The user's best
-new item takes rank ``INTEREST_NEW_ITEM_RANK`` when none ranks higher. Evidence for an item =
+follows) gets the items the people they follow engaged with, when there are any. Items the
+user already bought or rated are excluded. The user's best new item takes rank
+``INTEREST_NEW_ITEM_RANK`` when none ranks higher. Evidence for an item =
 the user's past contributions (item documents or query/tag texts, decayed and weighted as in
 the fold) that point most towards it.
 

@@ -109,7 +109,9 @@ def update_user_vectors(
     contrib = query_arrow(
         con,
         CONTRIBUTIONS_SQL.format(
-            interactions="select * from user_item_interactions where interval_start = $interval_start"
+            interactions=(
+                "select * from user_item_interactions where interval_start = $interval_start"
+            )
         ),
         {"interval_start": interval_start, "model_id": model_id},
     )

@@ -22,7 +22,8 @@ bag = DagBag(dag_folder=sys.argv[1])
 def describe(dag):
     return {
         "tags": sorted(dag.tags),
-        "tasks": [t.task_id for t in dag.topological_sort()] if hasattr(dag, "topological_sort") else sorted(dag.task_ids),
+        "tasks": [t.task_id for t in dag.topological_sort()]
+        if hasattr(dag, "topological_sort") else sorted(dag.task_ids),
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
         "retries": {t.task_id: t.retries for t in dag.tasks},
         "pools": {t.task_id: t.pool for t in dag.tasks},
@@ -65,7 +66,10 @@ def parsed(tmp_path_factory) -> dict:
         env=env, capture_output=True, text=True, check=True, timeout=300,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["created_files"] = sorted(str(p.relative_to(tmp)) for p in (tmp / "data").rglob("*")) if (tmp / "data").exists() else []
+    data = tmp / "data"
+    result["created_files"] = (
+        sorted(str(p.relative_to(tmp)) for p in data.rglob("*")) if data.exists() else []
+    )
     return result
 
 
@@ -135,7 +139,8 @@ def test_every_task_that_opens_the_warehouse_is_in_the_one_slot_writer_pool(pars
     # Only the embedding shards (Parquet in, Parquet out) and the daily DAG's skip check run
     # outside it: they never open DuckDB.
     shared = {t for t, pool in parsed["dags"][dag_id]["pools"].items() if pool != "duckdb_writer"}
-    assert shared == {"embed_text_shard"} | ({"skip_scheduled_runs"} if dag_id == DAILY_DAG_ID else set())
+    skip = {"skip_scheduled_runs"} if dag_id == DAILY_DAG_ID else set()
+    assert shared == {"embed_text_shard"} | skip
 
 
 @pytest.mark.parametrize("dag_id", [DAG_ID, DAILY_DAG_ID])

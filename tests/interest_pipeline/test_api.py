@@ -31,12 +31,12 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+
 from interest_pipeline import cli, snapshot, stages
 from interest_pipeline.api import WarehouseReader, create_app
 from interest_pipeline.config import DEFAULT_MODEL_ID, get_settings
 from interest_pipeline.replay import replay
 from interest_pipeline.warehouse import connect
-
 from tests.integration.test_end_to_end import _busy_hours
 from tests.interest_pipeline.test_cli import _query
 from tests.interest_pipeline.test_snapshot import _make_warehouse, hold_write_lock

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from interest_pipeline import baselines as bl
 
 # u1..u4 over four items; d only with u4, a and b together twice.

@@ -39,7 +39,8 @@ def test_embeds_catalogue_and_interval_queries_once(con, fake_encoder):
     assert [r[0] for r in rows] == ["Heat", "Toy Story", "pixar films"]
     assert all(h == hashlib.sha256(t.encode()).hexdigest() for t, h in rows)
 
-    assert embed_new_texts(con, "fake", lambda: fake_encoder, H1) == 1  # "crime"; "pixar films" cached
+    # "crime"; "pixar films" is cached
+    assert embed_new_texts(con, "fake", lambda: fake_encoder, H1) == 1
     assert sorted(fake_encoder.texts) == ["Heat", "Toy Story", "crime", "pixar films"]
 
 

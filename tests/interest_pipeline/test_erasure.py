@@ -102,7 +102,7 @@ def erased(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ] + [
         json.dumps({"event_id": "f-1", "event_time": f"{hours[1]:%Y-%m-%dT%H}:11:00Z",
                     "user_id": follower, "event_type": "follow", "target_user_id": victims[0]}),
-        '{"event_id": "broken", "user_id": "%s", "event_type": ' % victims[1],
+        f'{{"event_id": "broken", "user_id": "{victims[1]}", "event_type": ',
     ]
     (partition_dir(landing, "events", hours[1]) / "part-99999.jsonl.gz").write_bytes(
         gzip.compress(("\n".join(extra) + "\n").encode())

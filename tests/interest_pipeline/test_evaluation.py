@@ -4,8 +4,8 @@ import math
 from datetime import datetime, timedelta
 
 import pytest
-from interest_pipeline import evaluation as ev
 
+from interest_pipeline import evaluation as ev
 from tests.builders import add_event, add_item, table_contents
 
 T = datetime(2024, 3, 8, 0)

@@ -27,7 +27,8 @@ def test_every_line_of_every_file_lands_in_order(con, tmp_path):
     assert counts == {"event_lines_landed": 5, "item_lines_landed": 1, "files_damaged": 0,
                       "lines_erased": 0}
     rows = con.execute(
-        "select source_file, line_number, line from raw.event_lines order by source_file, line_number"
+        "select source_file, line_number, line from raw.event_lines "
+        "order by source_file, line_number"
     ).fetchall()
     assert rows == [
         ("events/date=2024-03-01/hour=10/a.jsonl", 1, '{"x": 1}'),
@@ -36,7 +37,8 @@ def test_every_line_of_every_file_lands_in_order(con, tmp_path):
         ("events/date=2024-03-01/hour=10/a.jsonl", 4, '{"x": 2}'),
         ("events/date=2024-03-01/hour=10/b.jsonl.gz", 1, '{"x": 3}'),
     ]
-    assert con.execute("select distinct interval_start, interval_end from raw.event_lines").fetchall() == [
+    intervals = "select distinct interval_start, interval_end from raw.event_lines"
+    assert con.execute(intervals).fetchall() == [
         (START, END)
     ]
 
@@ -60,8 +62,9 @@ def test_rerun_replaces_the_interval_without_duplicates(con, tmp_path):
     )
     ingest_interval(con, landing, START, END)
     ingest_interval(con, landing, START, END)
-    assert con.execute("select count(*) from raw.event_lines where interval_start = ?", [START]).fetchone() == (2,)
-    assert con.execute("select count(*) from raw.event_lines where interval_start = ?", [other_start]).fetchone() == (1,)
+    count = "select count(*) from raw.event_lines where interval_start = ?"
+    assert con.execute(count, [START]).fetchone() == (2,)
+    assert con.execute(count, [other_start]).fetchone() == (1,)
 
 
 def _lines(con) -> list[tuple]:
@@ -100,7 +103,7 @@ def test_truncated_gzip_keeps_the_lines_before_the_damage_and_the_other_files(co
     damaged = [r for r in lines if r[0].endswith("a.jsonl.gz")]
     assert counts["files_damaged"] == 1 and 0 < len(damaged) < 2000
     # Every complete line before the damage is as written; the one cut off is flagged.
-    assert [r[2] for r in damaged[:-1]] == ['{"n": %d}' % i for i in range(len(damaged) - 1)]
+    assert [r[2] for r in damaged[:-1]] == [f'{{"n": {i}}}' for i in range(len(damaged) - 1)]
     assert all(r[3] is None for r in damaged[:-1])
     assert damaged[-1][3] == "incomplete line: the file is damaged here"
     assert [r[2] for r in lines if r[0].endswith("b.jsonl")] == ['{"good": true}']
@@ -125,7 +128,8 @@ def test_corrupt_and_non_gzip_files_are_recorded_not_raised(con, tmp_path):
 
 def test_multi_member_gzip_is_read_whole(con, tmp_path):
     landing = tmp_path / "landing"
-    _write(landing, "events", "a.jsonl.gz", gzip.compress(b'{"n": 1}\n') + gzip.compress(b'{"n": 2}\n'))
+    two_members = gzip.compress(b'{"n": 1}\n') + gzip.compress(b'{"n": 2}\n')
+    _write(landing, "events", "a.jsonl.gz", two_members)
     ingest_interval(con, landing, START, END)
     assert [r[2] for r in _lines(con)] == ['{"n": 1}', '{"n": 2}']
     assert _files(con)["a.jsonl.gz"] == (2, None)

@@ -56,7 +56,8 @@ def test_top_n_by_similarity_excluding_rated_and_bought_items(con, fake_encoder)
         "ranker_version": "default",  # no ranker fitted yet
     }
     rows = con.execute(
-        "select rank, item_id, score, model_id from recommendations where user_id = 'u1' order by rank"
+        "select rank, item_id, score, model_id from recommendations where user_id = 'u1' "
+        "order by rank"
     ).fetchall()
     items = [r[1] for r in rows]
     assert "m1" not in items and "m3" not in items

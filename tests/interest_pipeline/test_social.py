@@ -121,7 +121,9 @@ def test_without_follows_the_social_weight_changes_nothing(con, fake_encoder):
     add_event(con, "e2", "w", "click", H[0], H[0], item_id="y")
     add_event(con, "e3", "w", "click", H[0], H[0], item_id="x")
     _hour(con, fake_encoder, 0)
-    lists = con.execute("select * exclude (ranker_version) from recommendations order by all").fetchall()
+    lists = con.execute(
+        "select * exclude (ranker_version) from recommendations order by all"
+    ).fetchall()
     con.execute("delete from recommendations")
     _use_weights(con, {**default_weights(ScoringConfig()), "social": 5.0})
     _hour(con, fake_encoder, 0)

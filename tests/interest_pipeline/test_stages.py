@@ -25,7 +25,8 @@ def _warehouse(path, fake_encoder):
                         ("d", "romantic drama"), ("e", "robots war")]:
         add_item(con, item, title)
     events = [
-        (0, "u1", "a"), (0, "u2", "c"), (1, "u1", "e"), (2, "u2", "d"), (3, "u1", "b"), (3, "u2", "a"),
+        (0, "u1", "a"), (0, "u2", "c"), (1, "u1", "e"), (2, "u2", "d"), (3, "u1", "b"),
+        (3, "u2", "a"),
     ]
     for i, (h, user, item) in enumerate(events):
         add_event(con, f"e{i}", user, "rate", H[h] + timedelta(minutes=10), H[h], item_id=item)

@@ -79,7 +79,9 @@ def test_versions_only_for_users_with_events_in_the_hour(con, fake_encoder):
     assert counts == {"users_updated": 1, "users_without_text": 1}
     rows = con.execute("select user_id, as_of from user_interest_vectors order by all").fetchall()
     assert rows == [("u1", H1), ("u2", H1), ("u2", H2)]
-    current = con.execute("select user_id, as_of from current_user_interest order by all").fetchall()
+    current = con.execute(
+        "select user_id, as_of from current_user_interest order by all"
+    ).fetchall()
     assert current == [("u1", H1), ("u2", H2)]
 
 

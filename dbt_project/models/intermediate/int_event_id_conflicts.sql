@@ -21,25 +21,25 @@ recorded as (
 conflicts as (
 
     select
-        line.interval_start,
-        line.interval_end,
-        line.source_file,
-        line.line_number,
-        line.line,
-        line.event_id,
-        'event_id ' || line.event_id || ' repeats ' || first_copy.source_file
+        event_line.interval_start,
+        event_line.interval_end,
+        event_line.source_file,
+        event_line.line_number,
+        event_line.line,
+        event_line.event_id,
+        'event_id ' || event_line.event_id || ' repeats ' || first_copy.source_file
         || ' line ' || first_copy.line_number || ' with different content' as reason
 
-    from event_lines as line
+    from event_lines as event_line
     inner join recorded as first_copy
-        on line.event_id = first_copy.event_id
+        on event_line.event_id = first_copy.event_id
     where
         -- not the first copy itself
-        (line.interval_start, line.source_file, line.line_number)
+        (event_line.interval_start, event_line.source_file, event_line.line_number)
         <> (first_copy.interval_start, first_copy.source_file, first_copy.line_number)
         and (
-            line.event_at, line.user_id, line.event_type, line.item_id, line.query_text,
-            line.value, line.target_user_id
+            event_line.event_at, event_line.user_id, event_line.event_type, event_line.item_id,
+            event_line.query_text, event_line.value, event_line.target_user_id
         ) is distinct from (
             first_copy.event_at, first_copy.user_id, first_copy.event_type, first_copy.item_id,
             first_copy.query_text, first_copy.value, first_copy.target_user_id

@@ -19,7 +19,7 @@ documents as (
             else ''
         end
         || case when description is not null then '. ' || description else '' end
-        as full_document
+            as full_document
 
     from items
 

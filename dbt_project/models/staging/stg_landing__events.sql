@@ -59,14 +59,14 @@ final as (
     select * from first_delivery_in_interval as this_interval
 
     {% if is_incremental() %}
-    -- A re-delivered event that an earlier hour already recorded keeps its first recording.
-    where not exists (
-        select 1
-        from {{ this }} as earlier
-        where
-            earlier.event_id = this_interval.event_id
-            and earlier.interval_start < this_interval.interval_start
-    )
+        -- A re-delivered event that an earlier hour already recorded keeps its first recording.
+        where not exists (
+            select 1
+            from {{ this }} as earlier
+            where
+                earlier.event_id = this_interval.event_id
+                and earlier.interval_start < this_interval.interval_start
+        )
     {% endif %}
 
 )

@@ -61,11 +61,13 @@ typed as (
 
     select
         *,
-        tags_kind = 'ARRAY'
+        (
+            tags_kind = 'ARRAY'
             and coalesce(
                 list_bool_and(list_transform(tag_values, lambda tag: json_type(tag) = 'VARCHAR')),
                 true
-            ) as is_tags_list_of_strings,
+            )
+        ) as is_tags_list_of_strings,
         -- Tags are trimmed and blank ones dropped; order and case are kept (they are shown).
         case
             when tags_kind = 'ARRAY'
