@@ -2,10 +2,11 @@
 
 The graph: 1,000,000 `follow` events land in one hour (ingested and built by dbt, not
 measured): every one of the measured hour's users gets about 20 followers, and the rest of the
-edges join 50,000 other people, most of whom have no events of their own. The measured hour:
-the real sample events of 1,000 users through ingest, dbt, fold and recommend. Its recommend
-stage re-scores the changed users and their followers (the social fan-out) and computes the
-social signal from the graph as of the hour. The baseline is the same hour without the graph.
+edges join 50,000 other people, most of whom have no events of their own. The measured
+hour: 20,000 real sample events of about 1,000 users through ingest, dbt, fold and recommend.
+Its recommend stage re-scores the changed users and their followers (the social fan-out) and
+computes the social signal from the graph as of the hour. The baseline is the same hour
+without the graph.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def run(args: Any) -> Section:
     for name, with_graph in (("without", False), ("with", True)):
         data = clone_data_dir(seed, WORK_DIR / f"social-{name}")
         settings = settings_for(data)
-        partition = write_events_partition(settings.landing_dir, hour, sample, 1_000, "soc",
+        # About 1,000 users (the sample has about 50 per 1,000 events).
+        events = 2_000 if args.quick else 20_000
+        partition = write_events_partition(settings.landing_dir, hour, sample, events, "soc",
                                            new_users=True)
         users = _users_of(partition)
         if with_graph:
