@@ -9,6 +9,11 @@ The scale-out configuration runs without containers too: with
 results in PostgreSQL, Redis as broker) ``start`` adds ``$INTEREST_CELERY_WORKERS`` (default 1)
 ``airflow celery worker`` processes. docker-compose.yml runs the same configuration.
 
+``start`` returns once the api-server answers, the scheduler, dag-processor and triggerer have
+heartbeated and the project's DAGs are parsed: the api-server first, since every task reports
+to it, then the components that run tasks. Every port an instance binds follows
+``INTEREST_AIRFLOW_PORT`` (see :func:`interest_pipeline.config.local_airflow_env`).
+
 Usage: ``interest-airflow start|stop|status|prepare|env`` (``make airflow-start`` /
 ``make airflow-stop``; ``prepare`` = migrate the metadata DB and create the writer pool, what
 the compose file's ``airflow-init`` runs; ``env`` prints the environment as shell exports).
@@ -28,13 +33,37 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from interest_pipeline.config import DAG_ID, DAILY_DAG_ID, airflow_env, get_settings
+from interest_pipeline.config import (
+    DAG_ID,
+    DAILY_DAG_ID,
+    airflow_env,
+    airflow_start_timeout,
+    get_settings,
+    local_airflow_env,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# Started first and waited for: tasks report to the api-server's execution API, so nothing that
+# runs tasks (scheduler, Celery workers) starts before it answers.
+FIRST_COMPONENTS = ("api-server", "dag-processor")
+# The metadata DB's job type of each component that heartbeats.
+JOB_TYPES = {
+    "scheduler": "SchedulerJob",
+    "dag-processor": "DagProcessorJob",
+    "triggerer": "TriggererJob",
+}
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a long wait
 POOL = "duckdb_writer"
 POOL_DESCRIPTION = "one slot: DuckDB allows a single writing process per warehouse file"
 CELERY_EXECUTOR = "CeleryExecutor"
@@ -103,22 +132,20 @@ def local_env() -> dict[str, str]:
     API), so the secret is generated once and kept in ``$AIRFLOW_HOME``.
     """
     settings = get_settings()
-    env = {**os.environ, **airflow_env(settings)}
+    env = {**os.environ, **airflow_env(settings), **local_airflow_env()}
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     secret_file = home / "jwt_secret"
     if not secret_file.exists():
         secret_file.write_text(secrets.token_urlsafe(32))
         secret_file.chmod(0o600)
-    # SQLite: wait for the scheduler's write lock instead of failing with "database is locked".
+    # SQLite: a writer waits up to 60 s for another's write lock instead of failing with
+    # "database is locked" (this busy timeout cannot help a transaction that read before it
+    # wrote: see immediate_transactions).
     env.setdefault(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home.resolve()}/airflow.db?timeout=60"
     )
-    port = env.get("INTEREST_AIRFLOW_PORT", "8080")
     env.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secret_file.read_text().strip())
-    env.setdefault("AIRFLOW__API__PORT", port)
-    env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
-    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
     # Parse the DAG folder often enough that a fresh start can run a backfill within seconds.
     env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -143,8 +170,10 @@ def _pid(env: dict[str, str], component: str) -> int | None:
         return None
     pid = int(pid_file.read_text().strip() or 0)
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        alive = pid > 0 and _alive(pid)  # reaps it if it is our child that exited
+    except PermissionError:
+        alive = False
+    if not alive:
         pid_file.unlink(missing_ok=True)
         return None
     return pid
@@ -168,60 +197,252 @@ def status(env: dict[str, str] | None = None) -> dict[str, int | None]:
     return {c: _pid(env, c) for c in components(env)}
 
 
-def start(env: dict[str, str] | None = None, timeout: float = 180.0) -> dict[str, int]:
-    """Start every component not already running; wait until the api-server answers."""
+def start(env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, int]:
+    """Start every component not already running; return when all of them are up.
+
+    Up means: the api-server answers its health endpoint, the scheduler, dag-processor and
+    triggerer have heartbeated since this call, and the project's DAGs are parsed into the
+    metadata DB (a backfill needs them). Prints a progress line every ``PROGRESS_EVERY``
+    seconds. Reads the metadata DB in this process: ``airflow`` must not have been imported
+    with another configuration than ``env``'s.
+
+    Raises:
+        RuntimeError: a component exited, or a DAG file does not import.
+        TimeoutError: not up within ``timeout`` seconds (``INTEREST_AIRFLOW_START_TIMEOUT``).
+    """
+    began = time.monotonic()
     env = prepare(env)
-    pids: dict[str, int] = {}
-    for component in components(env):
-        pid = _pid(env, component)
-        if pid is None:
-            with (_log_dir(env) / f"{component}.log").open("ab") as out:
-                proc = subprocess.Popen(
-                    _command(component),
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # its own process group: stop() ends its children
-                )
-            pid = proc.pid
-            (_run_dir(env) / f"{component}.pid").write_text(str(pid))
-            log.info("started airflow %s (pid %d)", component, pid)
-        pids[component] = pid
-    _wait_for_api(env, timeout)
+    timeout = airflow_start_timeout() if timeout is None else timeout
+    since = datetime.now(UTC)
+    everything = components(env)
+    pids = {c: _launch(env, c) for c in everything if c in FIRST_COMPONENTS}
+    logs = f"see {_log_dir(env)}"
+    wait_for("airflow start", lambda: _pending_api(env, pids), timeout, began, logs)
+    pids.update({c: _launch(env, c) for c in everything if c not in FIRST_COMPONENTS})
+    wait_for("airflow start", lambda: _pending_components(env, pids, since), timeout, began, logs)
+    print(f"airflow start: up after {time.monotonic() - began:.0f}s", flush=True)
+    return {c: pids[c] for c in everything}
+
+
+def _launch(env: dict[str, str], component: str) -> int:
+    """Pid of the running component, started now unless it already runs."""
+    pid = _pid(env, component)
+    if pid is not None:
+        return pid
+    with (_log_dir(env) / f"{component}.log").open("ab") as out:
+        proc = subprocess.Popen(
+            _command(component),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends its children
+        )
+    (_run_dir(env) / f"{component}.pid").write_text(str(proc.pid))
+    log.info("started airflow %s (pid %d)", component, proc.pid)
+    return proc.pid
+
+
+def wait_for(
+    label: str,
+    pending: Callable[[], list[str]],
+    timeout: float,
+    began: float | None = None,
+    hint: str = "",
+    poll: float = 1.0,
+) -> None:
+    """Poll ``pending`` (what is not ready yet) until it returns nothing, printing progress.
+
+    Args:
+        label: what waits, the start of every progress line.
+        pending: returns a description of each thing still waited for.
+        timeout: seconds (since ``began``, a ``time.monotonic()``; default now) before
+            TimeoutError, whose message ends with ``hint``.
+        poll: seconds between calls.
+    """
+    began = time.monotonic() if began is None else began
+    told = time.monotonic()
+    while True:
+        waiting = pending()
+        if not waiting:
+            return
+        elapsed = time.monotonic() - began
+        if elapsed > timeout:
+            raise TimeoutError(
+                f"{label}: still waiting for {', '.join(waiting)} after {timeout:.0f}s"
+                + (f"; {hint}" if hint else "")
+            )
+        if time.monotonic() - told >= PROGRESS_EVERY:
+            print(f"{label}: waiting for {', '.join(waiting)} ({elapsed:.0f}s)", flush=True)
+            told = time.monotonic()
+        time.sleep(poll)
+
+
+def _exited(env: dict[str, str], pids: dict[str, int]) -> None:
     dead = [c for c, pid in pids.items() if not _alive(pid)]
     if dead:  # e.g. a worker or scheduler that cannot load its executor exits at once
         raise RuntimeError(
             f"airflow {', '.join(dead)} exited right after starting; see "
             + ", ".join(str(_log_dir(env) / f"{c}.log") for c in dead)
         )
-    return pids
 
 
-def _wait_for_api(env: dict[str, str], timeout: float) -> None:
+def _pending_api(env: dict[str, str], pids: dict[str, int]) -> list[str]:
+    _exited(env, pids)
     url = f"{env['AIRFLOW__API__BASE_URL']}/api/v2/monitor/health"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if _pid(env, "api-server") is None:
-            raise RuntimeError(
-                f"airflow api-server exited; see {_log_dir(env) / 'api-server.log'}"
-            )
-        time.sleep(1)
-    raise TimeoutError(f"airflow api-server did not answer at {url} within {timeout:.0f}s")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            if resp.status == 200:
+                return []
+    except (urllib.error.URLError, OSError):
+        pass
+    return [f"the api-server to answer at {url}"]
 
 
-def stop(env: dict[str, str] | None = None, timeout: float = 30.0) -> list[str]:
-    """Stop the components started by :func:`start` (TERM, then KILL after ``timeout``)."""
+def _pending_components(env: dict[str, str], pids: dict[str, int], since: datetime) -> list[str]:
+    """What is not up yet: components without a heartbeat since ``since``, unparsed DAGs."""
+    from airflow.jobs.job import Job
+    from airflow.models.dag import DagModel
+    from airflow.models.errors import ParseImportError
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+    from airflow.utils.state import JobState
+    from sqlalchemy import func, select
+
+    _exited(env, pids)
+    dag_ids = _project_dag_ids(env)
+    with create_session() as session:
+        beats = dict(session.execute(
+            select(Job.job_type, func.max(Job.latest_heartbeat))
+            .where(Job.state == JobState.RUNNING, Job.job_type.in_(JOB_TYPES.values()))
+            .group_by(Job.job_type)
+        ).all())
+        parsed = set(session.scalars(
+            select(DagModel.dag_id).join(
+                SerializedDagModel, SerializedDagModel.dag_id == DagModel.dag_id
+            ).where(DagModel.dag_id.in_(dag_ids), DagModel.is_stale.is_(False))
+        ))
+        broken = session.scalars(
+            select(ParseImportError).where(ParseImportError.timestamp >= since)
+        ).all()
+    for error in broken:
+        if any(error.filename.endswith(f"{dag_id}.py") for dag_id in set(dag_ids) - parsed):
+            last = (error.stacktrace or "").strip().splitlines()[-1:] or ["?"]
+            raise RuntimeError(f"DAG file {error.filename} does not import: {last[0]}")
+    waiting = [
+        f"a {component} heartbeat"
+        for component, job_type in JOB_TYPES.items()
+        if component in pids and not _after(beats.get(job_type), since)
+    ]
+    return waiting + [f"DAG {dag_id} to be parsed" for dag_id in dag_ids if dag_id not in parsed]
+
+
+def _after(moment: datetime | None, since: datetime) -> bool:
+    if moment is None:
+        return False
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) >= since
+
+
+def _project_dag_ids(env: dict[str, str]) -> list[str]:
+    """The project's DAGs in this DAG folder (a DAG file is named after its dag_id)."""
+    folder = Path(env["AIRFLOW__CORE__DAGS_FOLDER"])
+    return [d for d in (DAG_ID, DAILY_DAG_ID) if (folder / f"{d}.py").exists()]
+
+
+def scheduler_problem(env: dict[str, str], heartbeat_timeout: float) -> str | None:
+    """Why the local scheduler cannot be running anything, or None if it looks alive.
+
+    Dead means its process is gone, or it has not heartbeated in the metadata DB for more than
+    ``heartbeat_timeout`` seconds (hung, or stopped without its pid file knowing).
+    """
+    where = _log_dir(env) / "scheduler.log"
+    pid = _pid(env, "scheduler")
+    if pid is None:
+        return f"the Airflow scheduler is not running (its process is gone; log: {where})"
+    age = scheduler_heartbeat_age()
+    if age is None:
+        return f"the Airflow scheduler (pid {pid}) has no running job in the metadata DB ({where})"
+    if age > heartbeat_timeout:
+        return (
+            f"the Airflow scheduler (pid {pid}) has not heartbeated for {age:.0f}s "
+            f"(limit {heartbeat_timeout:.0f}s; log: {where})"
+        )
+    return None
+
+
+def scheduler_heartbeat_age() -> float | None:
+    """Seconds since the running scheduler job's last heartbeat; None if none is running."""
+    from airflow.jobs.job import most_recent_job
+    from airflow.utils.session import create_session
+    from airflow.utils.state import JobState
+
+    with create_session() as session:
+        job = most_recent_job("SchedulerJob", session=session)
+        if job is None or job.state != JobState.RUNNING or job.latest_heartbeat is None:
+            return None
+        beat = job.latest_heartbeat
+    beat = beat if beat.tzinfo else beat.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - beat).total_seconds()
+
+
+@contextmanager
+def immediate_transactions(engine: Engine | None = None) -> Iterator[None]:
+    """Within: every transaction on ``engine`` (default: this process's Airflow metadata DB)
+    takes SQLite's write lock first.
+
+    Why: pysqlite begins a transaction only before a data-changing statement, so a SAVEPOINT
+    (SQLAlchemy's ``begin_nested``) issued outside one starts a *deferred* SQLite transaction:
+    its first SELECT pins a read snapshot, and if another process (the scheduler, the
+    api-server) commits before its first write, that write fails at once with "database is
+    locked" (SQLITE_BUSY_SNAPSHOT): the busy timeout is never consulted. And releasing that
+    outermost savepoint commits. Airflow's backfill creation wraps every run in a savepoint,
+    so on SQLite each run became visible (and runnable) on its own, the first write after a
+    scheduler commit failed, and Airflow's clean-up of the "partial" backfill deleted runs the
+    scheduler was already running: ObjectDeletedError/StaleDataError in its loop, and it died.
+
+    ``BEGIN IMMEDIATE`` takes the write lock before the first read (waiting for it under the
+    busy timeout) and turns savepoints into real nested ones, so a backfill's runs commit
+    together or not at all. Only for short write sessions: other writers wait meanwhile.
+    PostgreSQL and other databases: a no-op.
+    """
+    from sqlalchemy import event
+
+    if engine is None:
+        from airflow import settings
+
+        engine = settings.engine
+    if engine is None or engine.dialect.name != "sqlite":
+        yield
+        return
+
+    def begin_immediate(connection) -> None:
+        # pysqlite must not begin transactions of its own; this BEGIN is the only one
+        connection.connection.dbapi_connection.isolation_level = None
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "begin", begin_immediate)
+    try:
+        yield
+    finally:
+        event.remove(engine, "begin", begin_immediate)
+        engine.dispose()  # the pooled connections are left without pysqlite's transactions
+
+
+def stop(
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    only: Iterable[str] | None = None,
+) -> list[str]:
+    """Stop the components started by :func:`start` (TERM, then KILL after ``timeout``).
+
+    ``only``: stop just these components (e.g. those one caller started); default all.
+    """
     env = env or local_env()
     # Whatever has a pid file, too: workers started under another INTEREST_CELERY_WORKERS.
     started = {p.stem for p in _run_dir(env).glob("*.pid")}
     names = list(components(env)) + sorted(started - set(components(env)))
+    if only is not None:
+        names = [n for n in names if n in set(only)]
     stopped = []
     for component in reversed(names):
         pid = _pid(env, component)
@@ -308,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = local_env()
     if args.action == "start":
+        os.environ.update(env)  # before airflow is imported: start() reads the metadata DB
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # this process only
         pids = start(env)
         print(f"airflow running ({', '.join(f'{c} {p}' for c, p in pids.items())})")
         print(f"UI: {env['AIRFLOW__API__BASE_URL']}  (DAGs {DAG_ID}, {DAILY_DAG_ID}; admin "

@@ -21,9 +21,14 @@ runs with no setup; each env var overrides one thing.
 | INTEREST_REFRESH_HORIZON_HOURS  | 168 (users active within it get a re-scored list daily) |
 | INTEREST_NEW_ITEM_RANK          | 20 (the rank given to the user's best new item; 0: none) |
 | INTEREST_MAX_LINE_BYTES         | 65536 (longer landing lines are quarantined; ingest.py) |
-| INTEREST_MAX_EVENT_SKEW_HOURS   | 1 (event_time later than arrival hour end + this is quarantined; dbt) |
+| INTEREST_MAX_EVENT_SKEW_HOURS   | 1 (event_time after arrival hour end + this: quarantined; dbt) |
 | INTEREST_MIN_EVENT_TIME         | 1990-01-01 (earlier event_time is quarantined; dbt) |
 | INTEREST_MAX_TEXT_WORDS         | 256 (queries/tags/documents cut to this many words; dbt) |
+| INTEREST_AIRFLOW_PORT           | 8080 (local api-server: UI, REST and execution API) |
+| INTEREST_AIRFLOW_LOG_SERVER_PORT | INTEREST_AIRFLOW_PORT + 1 (the scheduler's task-log server) |
+| INTEREST_AIRFLOW_TRIGGER_LOG_SERVER_PORT | INTEREST_AIRFLOW_LOG_SERVER_PORT + 1 (triggerer's) |
+| INTEREST_AIRFLOW_START_TIMEOUT  | 300 s (interest-airflow start gives up after it) |
+| INTEREST_SCHEDULER_HEARTBEAT_TIMEOUT | 120 s (main job: a scheduler silent longer is dead) |
 """
 
 from __future__ import annotations
@@ -107,3 +112,41 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "INTEREST_LANDING_DIR": str(settings.landing_dir),
     }
     return {key: os.environ.get(key, value) for key, value in defaults.items()}
+
+
+def local_airflow_env() -> dict[str, str]:
+    """Ports and URLs of the local Airflow processes (``interest-airflow start``).
+
+    Every port an instance binds (the api-server's and the scheduler's and triggerer's log
+    servers) follows ``INTEREST_AIRFLOW_PORT``, so a second instance (another
+    ``INTEREST_DATA_DIR``) needs one other value. Not part of :func:`airflow_env`: the compose
+    deployment shares that one, and each of its containers has a network of its own. Values
+    already set in the environment win.
+    """
+    port = int(os.environ.get("INTEREST_AIRFLOW_PORT", "8080"))
+    log_port = int(os.environ.get("INTEREST_AIRFLOW_LOG_SERVER_PORT", str(port + 1)))
+    trigger_port = int(
+        os.environ.get("INTEREST_AIRFLOW_TRIGGER_LOG_SERVER_PORT", str(log_port + 1))
+    )
+    defaults = {
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_port),
+    }
+    return {key: os.environ.get(key, value) for key, value in defaults.items()}
+
+
+def airflow_start_timeout() -> float:
+    """Seconds ``interest-airflow start`` waits for every component to be up."""
+    return float(os.environ.get("INTEREST_AIRFLOW_START_TIMEOUT", "300"))
+
+
+def scheduler_heartbeat_timeout() -> float:
+    """Seconds without a scheduler heartbeat after which the main job calls it dead.
+
+    Well above Airflow's own 30 s health threshold: on a small, busy machine a heartbeat can
+    come late, and a scheduler whose process is gone is caught at once anyway.
+    """
+    return float(os.environ.get("INTEREST_SCHEDULER_HEARTBEAT_TIMEOUT", "120"))

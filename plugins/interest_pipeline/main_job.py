@@ -1,9 +1,15 @@
 """The main job (``make run``): replay sample logs, backfill them through Airflow, summarise.
 
-It starts the local Airflow (unless it is already running), creates an Airflow backfill of the
-window, which the real scheduler runs in interval order, shows progress, and stops what it
-started. By default the backfill runs the hourly DAG, one run per hour; ``--daily`` runs the
-daily backfill DAG instead, one run per whole UTC day (the window is widened to whole days).
+It starts the local Airflow components that are not running (and waits until they are up),
+creates an Airflow backfill of the window, which the real scheduler runs in interval order,
+shows progress, and stops what it started. By default the backfill runs the hourly DAG, one run
+per hour; ``--daily`` runs the daily backfill DAG instead, one run per whole UTC day (the window
+is widened to whole days).
+
+While it waits it watches the scheduler: when its process is gone or its heartbeat is older
+than ``INTEREST_SCHEDULER_HEARTBEAT_TIMEOUT`` it fails with what to run; the backfill is kept,
+and running the same command again carries on with it. When a run fails it cancels the rest of
+the backfill (see :func:`cancel_backfill`): the later hours build on the failed one.
 
 Usage: ``interest-main-job [--dataset movielens|retail] [--start ISO --end ISO] [--daily]``.
 """
@@ -11,10 +17,11 @@ Usage: ``interest-main-job [--dataset movielens|retail] [--start ISO --end ISO] 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
-import subprocess
+import shlex
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,10 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from interest_pipeline import airflow_local
-from interest_pipeline.airflow_local import airflow_bin
-from interest_pipeline.config import DAG_ID, DAILY_DAG_ID, get_settings
+from interest_pipeline.config import (
+    DAG_ID,
+    DAILY_DAG_ID,
+    get_settings,
+    scheduler_heartbeat_timeout,
+)
 
 log = logging.getLogger(__name__)
+
+# On SQLite a backfill's runs are written in one transaction that holds the write lock (see
+# airflow_local.immediate_transactions), about 15 ms per run here; the other Airflow processes
+# wait for it up to their 60 s busy timeout. A bigger backfill is refused (use --daily).
+MAX_SQLITE_BACKFILL_RUNS = 1000
+PROGRESS_EVERY = 30.0  # seconds between progress lines while a run takes long
 
 
 def hours_in(start: datetime, end: datetime) -> list[datetime]:
@@ -48,7 +65,16 @@ def _aware(moment: datetime) -> datetime:
 
 
 class BackfillFailed(RuntimeError):
-    """A run of the backfill failed; the message names the task and its log."""
+    """The backfill could not be created or did not complete; the message says why."""
+
+
+class RunFailed(BackfillFailed):
+    """A run of the backfill failed; the message names the task and its log and says what
+    became of the rest of the backfill."""
+
+
+class SchedulerDown(BackfillFailed):
+    """The scheduler died (or hangs) while the backfill waited for it; the backfill is kept."""
 
 
 def create_backfill(
@@ -56,66 +82,90 @@ def create_backfill(
     env: dict[str, str],
     reprocess: bool = False,
     dag_id: str = DAG_ID,
-    scheduler_running: bool = False,
 ) -> int:
     """Create an Airflow backfill of ``dag_id``'s intervals starting at ``runs``; return its id.
 
-    Created while the scheduler is stopped where possible, else once it is idle (see
-    :func:`wait_until_idle`): SQLite serialises writers, and the many inserts of a backfill can
-    lose the race against a busy scheduler ("database is locked").
+    Safe while the scheduler runs, even right after it started: the backfill is made by the
+    function behind ``airflow backfill create`` and the REST API, in this process, inside
+    :func:`airflow_local.immediate_transactions`, so on SQLite all its runs commit in one
+    transaction that holds the write lock from its start (the CLI's own transactions lost
+    races against the scheduler and then deleted runs it was running, which killed it).
+
+    If a backfill of the same DAG and window is still active (say a dead scheduler left it),
+    that one is returned: it carries on where it stopped.
     """
+    from airflow.api_fastapi.common.dagbag import resolve_run_on_latest_version
+    from airflow.exceptions import AirflowException
+    from airflow.models.backfill import (
+        AlreadyRunningBackfill,
+        ReprocessBehavior,
+        _create_backfill,
+    )
+    from airflow.utils.session import create_session
+
+    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite") and (
+        len(runs) > MAX_SQLITE_BACKFILL_RUNS
+    ):
+        raise BackfillFailed(
+            f"{len(runs)} runs are more than one backfill creates at once on SQLite "
+            f"({MAX_SQLITE_BACKFILL_RUNS}): use --daily or a shorter window"
+        )
+    _wait_for_dag(dag_id)
+    with create_session() as session:
+        # what `airflow backfill create` passes by default
+        latest = resolve_run_on_latest_version(None, dag_id, session, fallback=True)
+    try:
+        with airflow_local.immediate_transactions():
+            backfill = _create_backfill(
+                dag_id=dag_id,
+                from_date=_aware(runs[0]),
+                to_date=_aware(runs[-1]),
+                max_active_runs=1,
+                reverse=False,
+                dag_run_conf=None,
+                triggering_user_name=getpass.getuser(),
+                # By default hours that already succeeded are not redone (each hour is
+                # idempotent, so redoing them would change nothing); --reprocess redoes them.
+                reprocess_behavior=ReprocessBehavior.COMPLETED if reprocess
+                else ReprocessBehavior.FAILED,
+                run_on_latest_version=latest,
+            )
+    except AlreadyRunningBackfill:
+        return _active_backfill(dag_id, runs)
+    except (AirflowException, ValueError) as exc:
+        raise BackfillFailed(f"airflow could not create the backfill: {exc}") from exc
+    return backfill.id
+
+
+def _active_backfill(dag_id: str, runs: list[datetime]) -> int:
+    """The id of the active backfill of ``dag_id`` if it covers exactly ``runs``."""
     from airflow.models.backfill import Backfill
     from airflow.utils.session import create_session
 
-    _wait_for_dag(env, dag_id)
-    if scheduler_running:
-        wait_until_idle((DAG_ID, DAILY_DAG_ID))
-    cmd = [
-        airflow_bin(), "backfill", "create", "--dag-id", dag_id,
-        "--from-date", _aware(runs[0]).isoformat(),
-        "--to-date", _aware(runs[-1]).isoformat(),
-        "--max-active-runs", "1",
-        # By default hours that already succeeded are not redone (each hour is idempotent, so
-        # redoing them would change nothing); --reprocess redoes them anyway.
-        "--reprocess-behavior", "completed" if reprocess else "failed",
-    ]
-    for attempt in range(3):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode == 0 or "database is locked" not in proc.stderr:
-            break
-        _drop_unfinished_backfills(dag_id)
-        time.sleep(5 * (attempt + 1))
-    if proc.returncode != 0:
-        raise BackfillFailed(f"airflow backfill create failed:\n{proc.stderr[-2000:]}")
     with create_session() as session:
-        backfill = (
-            session.query(Backfill).filter(Backfill.dag_id == dag_id)
+        active = (
+            session.query(Backfill)
+            .filter(Backfill.dag_id == dag_id, Backfill.completed_at.is_(None))
             .order_by(Backfill.id.desc()).first()
         )
-        assert backfill is not None
-        return backfill.id
-
-
-def _drop_unfinished_backfills(dag_id: str) -> None:
-    """Remove a backfill left half-created by a lock error, so the retry may create it."""
-    from airflow.models import DagRun
-    from airflow.models.backfill import Backfill, BackfillDagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        for backfill in session.query(Backfill).filter(
-            Backfill.dag_id == dag_id, Backfill.completed_at.is_(None)
-        ):
-            started = session.query(DagRun).filter(
-                DagRun.backfill_id == backfill.id, DagRun.state != "queued"
-            ).count()
-            if started:
-                continue  # a backfill that is already running is not ours to drop
-            session.query(BackfillDagRun).filter(
-                BackfillDagRun.backfill_id == backfill.id
-            ).delete()
-            session.query(DagRun).filter(DagRun.backfill_id == backfill.id).delete()
-            session.delete(backfill)
+        if active is None:  # it completed in the meantime
+            raise BackfillFailed(f"a backfill of {dag_id} was active a moment ago: try again")
+        window = (_aware(active.from_date), _aware(active.to_date))
+        backfill_id, paused = active.id, active.is_paused
+    if window != (_aware(runs[0]), _aware(runs[-1])):
+        raise BackfillFailed(
+            f"backfill {backfill_id} of {dag_id} ({window[0]:%Y-%m-%d %H:%M} to "
+            f"{window[1]:%Y-%m-%d %H:%M}) is still active and Airflow allows one per DAG: wait "
+            "for it, or cancel it in the UI (Browse > Backfills)"
+        )
+    if paused:
+        raise BackfillFailed(
+            f"backfill {backfill_id} of {dag_id} for this window is paused: unpause it in the "
+            "UI (Browse > Backfills) or cancel it there, then run this again"
+        )
+    print(f"backfill {backfill_id} of {dag_id} for this window is still active: following it",
+          flush=True)
+    return backfill_id
 
 
 def wait_for_backfill(
@@ -124,108 +174,149 @@ def wait_for_backfill(
     backfill_id: int,
     poll_seconds: float = 3.0,
     dag_id: str = DAG_ID,
+    heartbeat_timeout: float | None = None,
 ) -> int:
     """Wait for the scheduler to run the backfill, printing progress (runs done / total).
 
-    Returns the number of runs; raises BackfillFailed with the failing task and its log path.
+    Returns the number of runs. Raises RunFailed when a run fails, after cancelling the rest
+    of the backfill; SchedulerDown when the scheduler's process is gone or it has not
+    heartbeated for ``heartbeat_timeout`` seconds (``INTEREST_SCHEDULER_HEARTBEAT_TIMEOUT``).
     """
+    if heartbeat_timeout is None:
+        heartbeat_timeout = scheduler_heartbeat_timeout()
+    total = len(runs)
+    started = time.monotonic()
+    last_done, told = -1, started
+    while True:
+        states, complete = _backfill_states(backfill_id)
+        failed = sorted(run_id for run_id, state in states.items() if state == "failed")
+        if failed:
+            raise RunFailed(
+                _describe_failure(failed[0], env, dag_id) + "\n"
+                + _cancel_rest(backfill_id, states, total)
+            )
+        # Hours skipped because they already succeeded count as done.
+        done = sum(1 for state in states.values() if state == "success") + total - len(states)
+        if complete and done == total:
+            if done != last_done:
+                _print_progress(done, total, started)
+            return total
+        if not complete and (problem := airflow_local.scheduler_problem(env, heartbeat_timeout)):
+            raise SchedulerDown(f"{problem}; backfill {backfill_id} is kept ({done}/{total} "
+                                "runs done)")
+        now = time.monotonic()
+        if done != last_done or now - told >= PROGRESS_EVERY:
+            running = sorted(r for r, state in states.items() if state == "running")
+            _print_progress(done, total, started, running[0] if running else None)
+            last_done, told = done, now
+        time.sleep(poll_seconds)
+
+
+def _print_progress(done: int, total: int, started: float, running: str | None = None) -> None:
+    now = f"; running {running}" if running else ""
+    print(f"backfill: {done}/{total} runs done ({time.monotonic() - started:.0f}s{now})",
+          flush=True)
+
+
+def _backfill_states(backfill_id: int) -> tuple[dict[str, str], bool]:
+    """State of each run of the backfill, and whether Airflow marked the backfill complete."""
     from airflow.models import DagRun
     from airflow.models.backfill import Backfill
     from airflow.utils.session import create_session
 
-    total = len(runs)
-    started = time.monotonic()
-    last_done = -1
-    while True:
-        with create_session() as session:
-            runs = session.query(DagRun).filter(DagRun.backfill_id == backfill_id).all()
-            states = {r.run_id: str(getattr(r.state, "value", r.state)) for r in runs}
-            failed = [r for r in runs if states[r.run_id] == "failed"]
-            if failed:
-                raise BackfillFailed(_describe_failure(failed[0], env, dag_id))
-            done = sum(1 for st in states.values() if st == "success")
-            # Hours skipped because they already succeeded count as done.
-            skipped = total - len(runs)
-            complete = session.get(Backfill, backfill_id).completed_at is not None
-        if done != last_done:
-            print(
-                f"backfill: {done + skipped}/{total} runs done "
-                f"({time.monotonic() - started:.0f}s)",
-                flush=True,
+    with create_session() as session:
+        runs = session.query(DagRun.run_id, DagRun.state).filter(
+            DagRun.backfill_id == backfill_id
+        ).all()
+        complete = session.get(Backfill, backfill_id).completed_at is not None
+    return {run_id: str(getattr(state, "value", state)) for run_id, state in runs}, complete
+
+
+def _cancel_rest(backfill_id: int, states: dict[str, str], total: int) -> str:
+    """Cancel the backfill and say what became of its runs (one line)."""
+    failed = sum(1 for state in states.values() if state == "failed")
+    cancelled = cancel_backfill(backfill_id)
+    after, _ = _backfill_states(backfill_id)
+    succeeded = sum(1 for state in after.values() if state == "success") + total - len(after)
+    running = sorted(r for r, state in after.items() if state == "running")
+    still = f"; {running[0]} was already running and finishes" if running else ""
+    return (
+        f"backfill {backfill_id} cancelled: {succeeded} run(s) done, {failed} failed, "
+        f"{cancelled} not started and marked failed{still}"
+    )
+
+
+def cancel_backfill(backfill_id: int) -> int:
+    """Cancel the backfill as Airflow's REST API does; return how many runs it stopped.
+
+    Pause it (the scheduler starts none of its runs any more), mark its queued runs failed,
+    mark it completed. A run already running finishes. Later hours build on earlier ones, so
+    once one fails the rest waits for the fix instead of running on a gap, and a rerun of the
+    same window (reprocess "failed") redoes exactly the failed and cancelled runs.
+    """
+    from airflow.models import DagRun
+    from airflow.models.backfill import Backfill, BackfillDagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select, update
+
+    with airflow_local.immediate_transactions(), create_session() as session:
+        backfill = session.get(Backfill, backfill_id)
+        if backfill is None or backfill.completed_at is not None:
+            return 0
+        backfill.is_paused = True
+        session.commit()  # before the runs change: the scheduler starts no new one
+        stopped = session.execute(
+            update(DagRun)
+            .where(
+                DagRun.id.in_(select(BackfillDagRun.dag_run_id).where(
+                    BackfillDagRun.backfill_id == backfill_id
+                )),
+                DagRun.state == DagRunState.QUEUED,
             )
-            last_done = done
-        if complete and done == len(runs):
-            return total
-        time.sleep(poll_seconds)
+            .values(state=DagRunState.FAILED)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.commit()
+        session.refresh(backfill)
+        backfill.completed_at = datetime.now(UTC)
+    return stopped
 
 
-def _describe_failure(run: Any, env: dict[str, str], dag_id: str) -> str:
-    failed = [ti for ti in run.get_task_instances() if ti.state == "failed"]
-    lines = [f"run {run.run_id} failed"]
-    logs = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / f"dag_id={dag_id}" / f"run_id={run.run_id}"
-    for ti in failed:
-        paths = sorted(logs.glob(f"task_id={ti.task_id}/attempt=*.log"))
-        where = paths[-1] if paths else logs / f"task_id={ti.task_id}"
-        lines.append(f"  failing task: {ti.task_id}; log: {where}")
+def _describe_failure(run_id: str, env: dict[str, str], dag_id: str) -> str:
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tasks = sorted({task_id for (task_id,) in session.query(TaskInstance.task_id).filter(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,
+            TaskInstance.state == "failed",
+        )})
+    lines = [f"run {run_id} failed"]
+    logs = Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / f"dag_id={dag_id}" / f"run_id={run_id}"
+    for task_id in tasks:
+        # the latest attempt's log (a mapped task has one per map index)
+        paths = list(logs.glob(f"task_id={task_id}/**/attempt=*.log"))
+        latest = max(paths, key=lambda path: path.stat().st_mtime) if paths else None
+        lines.append(f"  failing task: {task_id}; log: {latest or logs / f'task_id={task_id}'}")
     return "\n".join(lines)
 
 
-def wait_until_idle(dag_ids: tuple[str, ...], timeout: float = 900.0, poll: float = 3.0) -> None:
-    """Wait until no run of ``dag_ids`` is queued, running or due to be created.
-
-    For a scheduler that is already running: creating a backfill writes many rows, and on
-    SQLite a write that collides with the scheduler's can fail half-way ("database is
-    locked"), after which Airflow deletes the half-made runs, possibly under the scheduler's
-    feet. An idle scheduler writes little, so the backfill is created then.
-    """
-    from airflow.configuration import conf
-    from airflow.models import DagRun
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-
-    deadline = time.monotonic() + timeout
-    told = False
-    while True:
-        with create_session() as session:
-            active = session.query(DagRun).filter(
-                DagRun.dag_id.in_(dag_ids), DagRun.state.in_(("queued", "running"))
-            ).count()
-            # A freshly parsed DAG's latest interval is due at once: the scheduler is about to
-            # create its run (unless it creates no scheduled runs at all).
-            due = 0
-            if conf.getboolean("scheduler", "use_job_schedule"):
-                due = session.query(DagModel).filter(
-                    DagModel.dag_id.in_(dag_ids),
-                    DagModel.is_paused.is_(False),
-                    DagModel.next_dagrun_create_after <= datetime.now(UTC),
-                ).count()
-        if not active and not due:
-            return
-        if time.monotonic() > deadline:
-            raise BackfillFailed(
-                f"{active + due} run(s) of {', '.join(dag_ids)} still active or due after "
-                f"{timeout:.0f}s"
-            )
-        if not told:
-            print("waiting for the scheduler's own runs to finish before creating the backfill",
-                  flush=True)
-            told = True
-        time.sleep(poll)
-
-
-def _wait_for_dag(env: dict[str, str], dag_id: str, timeout: float = 180.0) -> None:
+def _wait_for_dag(dag_id: str, timeout: float = 180.0) -> None:
     """Wait until the dag-processor has parsed the DAG into the metadata DB."""
     from airflow.models.dag import DagModel
     from airflow.utils.session import create_session
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def pending() -> list[str]:
         with create_session() as session:
             model = session.get(DagModel, dag_id)
-            if model is not None and not model.is_stale:
-                return
-        time.sleep(2)
-    raise BackfillFailed(f"DAG {dag_id} was not parsed within {timeout:.0f}s: see the dag-processor log")
+            parsed = model is not None and not model.is_stale
+        return [] if parsed else [f"DAG {dag_id} to be parsed"]
+
+    try:
+        airflow_local.wait_for("backfill", pending, timeout, poll=2.0)
+    except TimeoutError as exc:
+        raise BackfillFailed(f"{exc}: see the dag-processor log") from exc
 
 
 def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) -> dict[str, Any]:
@@ -248,7 +339,8 @@ def summarise(start: datetime, end: datetime, n_hours: int, user: str | None) ->
         assert totals is not None
         distinct_users = fetch_one(
             con,
-            "select count(distinct user_id) from user_interest_vectors where as_of > ? and as_of <= ?",
+            "select count(distinct user_id) from user_interest_vectors "
+            "where as_of > ? and as_of <= ?",
             [start, end],
         )
         if user is None:
@@ -368,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     env = airflow_local.local_env()
     os.environ.update(env)  # before airflow is imported: its config is read at import
+    # This process's own Airflow logging (a line per run created, ...) would drown the progress
+    # lines; the Airflow components it starts get ``env``, with the level they had.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     start, end = DEFAULT_WINDOWS[args.dataset]
     start, end = args.start or start, args.end or end
 
@@ -387,31 +482,32 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dag_id, runs, step = DAG_ID, hours_in(start, end), timedelta(hours=1)
     n_hours = len(hours_in(start, end))
-    already_running = all(airflow_local.status(env).values())
+    rerun = shlex.join(["interest-main-job", *(sys.argv[1:] if argv is None else argv)])
+    # Stop only what this job starts: an Airflow someone else started keeps running.
+    launched = [c for c, pid in airflow_local.status(env).items() if pid is None]
     try:
-        if already_running:
-            backfill_id = create_backfill(
-                runs, env, reprocess=args.reprocess, dag_id=dag_id, scheduler_running=True
-            )
-        else:
-            airflow_local.prepare(env)
-            subprocess.run(
-                [airflow_bin(), "dags", "reserialize"], env=env, check=True, capture_output=True
-            )
-            backfill_id = create_backfill(runs, env, reprocess=args.reprocess, dag_id=dag_id)
-            print("starting airflow (scheduler, dag-processor, api-server, triggerer) ...",
-                  flush=True)
+        if launched:
+            print(f"starting airflow ({', '.join(launched)}) ...", flush=True)
             airflow_local.start(env)
+        backfill_id = create_backfill(runs, env, reprocess=args.reprocess, dag_id=dag_id)
         print(f"backfill {backfill_id} of {dag_id}: {len(runs)} runs, {n_hours} hours "
               f"[{runs[0]:%Y-%m-%d %H:00}, {runs[-1] + step:%Y-%m-%d %H:00})",
               flush=True)
         wait_for_backfill(runs, env, backfill_id, dag_id=dag_id)
-    except BackfillFailed as exc:
+    except SchedulerDown as exc:
+        print(f"interest-main-job: {exc}: run `interest-airflow stop`, then `{rerun}` again to "
+              "finish it", file=sys.stderr)
+        return 1
+    except RunFailed as exc:
+        print(f"interest-main-job: {exc}\nfix the cause, then run `{rerun}` again: runs that "
+              "succeeded are not redone", file=sys.stderr)
+        return 1
+    except (BackfillFailed, RuntimeError, TimeoutError) as exc:
         print(f"interest-main-job: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not already_running:
-            airflow_local.stop(env)
+        if launched:
+            airflow_local.stop(env, only=launched)
     summary = summarise(start, end, n_hours, args.user)
     print_summary(summary)
     print(f"\nwall time: {time.monotonic() - began:.0f}s; warehouse: {settings.warehouse_path}")

@@ -28,7 +28,7 @@ from interest_pipeline.warehouse import connect
 from tests.integration.test_end_to_end import (
     OUTPUT_TABLES,
     _busy_hours,
-    _free_port,
+    _ports_env,
     _run,
     _snapshot,
 )
@@ -116,7 +116,7 @@ def celery_run(tmp_path_factory):
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
         "INTEREST_CELERY_WORKERS": str(WORKERS),
         "INTEREST_DATA_DIR": str(tmp / "data"),
-        "INTEREST_AIRFLOW_PORT": str(_free_port()),
+        **_ports_env(),
         "INTEREST_EMBED_SHARD_SIZE": str(SHARD_SIZE),
         # Only the backfills: an unpaused DAG would also get a run for the current hour, which
         # (catalogue already ingested) would embed the same texts at the same time.

@@ -18,7 +18,7 @@ import pytest
 from interest_pipeline import stages
 from interest_pipeline.config import DAILY_DAG_ID, get_settings
 from interest_pipeline.warehouse import connect
-from tests.integration.test_end_to_end import OUTPUT_TABLES, _free_port, _run, _snapshot
+from tests.integration.test_end_to_end import OUTPUT_TABLES, _ports_env, _run, _snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def daily(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("daily")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INTEREST_"))}
     env["INTEREST_DATA_DIR"] = str(tmp / "data")
-    env["INTEREST_AIRFLOW_PORT"] = str(_free_port())
+    env.update(_ports_env())
     # A window inside the day: --daily widens it to the whole day.
     window = ["--start", (DAY + timedelta(hours=8)).isoformat(),
               "--end", (DAY + timedelta(hours=20)).isoformat()]
