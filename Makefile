@@ -31,7 +31,7 @@ test-fast: install
 # project (dbt_project/.sqlfluff). Both run; either failing fails the target.
 lint: install
 	@status=0; \
-	$(BIN)/ruff check plugins dags tests bench || status=1; \
+	$(BIN)/ruff check plugins dags tests bench scripts || status=1; \
 	$(BIN)/sqlfluff lint dbt_project || status=1; \
 	exit $$status
 
@@ -53,6 +53,13 @@ docs: install
 	$(BIN)/dbt --quiet docs generate --static $(DOCS_DBT_ARGS) --target-path "$$tmp/target" && \
 	mkdir -p $(DOCS_DIR) && cp "$$tmp/target/static_index.html" $(DOCS_DIR)/index.html && \
 	echo "dbt docs: $(DOCS_DIR)/index.html (open it in a browser; no server needed)"
+
+# The README's CLI and HTTP API examples, re-run and written back into README.md, on the warehouse
+# `make run` builds (built in-process in a temp dir, a minute or two). ARGS="--check" only
+# compares; ARGS="--warehouse .local/warehouse.duckdb" reads yours instead.
+.PHONY: readme-examples
+readme-examples: install
+	$(BIN)/python scripts/readme_examples.py $(ARGS)
 
 # Benchmarks (not tests): prints a table, writes bench/results/*.json, bench/latest.{json,md}.
 bench: install

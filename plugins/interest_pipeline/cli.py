@@ -5,7 +5,10 @@ interest vector points at), ``diff`` (what changed between two versions), ``runs
 health per interval), ``quarantine`` (rejected lines) and ``sql`` (read-only SQL).
 
 Each command is a function that takes a read-only connection and returns plain data (dicts
-and lists); printing is separate, as aligned tables or, with ``--json``, the same data as JSON.
+and lists); printing is separate, as ``rich`` tables (plain text, the same bytes for the same
+data, unless stdout is a terminal: see :func:`render`) or, with ``--json``, the same data as
+JSON. Arguments stay with argparse: one-line usage errors, global options before or after the
+subcommand.
 The warehouse is opened through :func:`interest_pipeline.snapshot.open_for_reading`, so a
 command run while the pipeline writes reads the last published snapshot and says so on stderr.
 The embedding model is never loaded: only its id is resolved from the settings.
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
+    from rich.console import RenderableType
 
 log = logging.getLogger(__name__)
 
@@ -559,14 +563,14 @@ def _one_line(message: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def format_table(
+def table(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[tuple[str, str]] | None = None,
     max_width: int = 60,
     float_format: str = ".3f",
     null: str = "-",
-) -> str:
-    """Rows as an aligned plain-text table: header, rule, one line per row.
+) -> RenderableType:
+    """Rows as a rich table: header, rule, one line per row, numeric columns right-aligned.
 
     Args:
         rows: The rows; missing keys print as ``null``.
@@ -576,40 +580,57 @@ def format_table(
         null: What None prints as.
 
     Returns:
-        The table without a trailing newline; "(no rows)" if there are none.
+        The table, or the text "(no rows)" if there are none; print it with :func:`render`.
     """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     if not rows:
-        return "(no rows)"
+        return Text("(no rows)")
     columns = columns or [(key, key) for key in rows[0]]
-    cells = [
-        [_cell(row.get(key), max_width, float_format, null) for key, _ in columns] for row in rows
-    ]
-    numeric = [
-        all(_is_number(row.get(key)) or row.get(key) is None for row in rows)
-        for key, _ in columns
-    ]
-    widths = [
-        max(len(header), *(len(line[i]) for line in cells))
-        for i, (_, header) in enumerate(columns)
-    ]
+    # Text cells, never markup: a raw line or title may hold "[...]".
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for key, header in columns:
+        numeric = all(_is_number(row.get(key)) or row.get(key) is None for row in rows)
+        out.add_column(header, justify="right" if numeric else "left", max_width=max_width,
+                       no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        out.add_row(*(Text(_cell(row.get(key), float_format, null)) for key, _ in columns))
+    return out
 
-    def render(values: Sequence[str]) -> str:
-        parts = [
-            value.rjust(width) if right else value.ljust(width)
-            for value, width, right in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
 
-    lines = [render([header for _, header in columns]), render(["-" * w for w in widths])]
-    lines += [render(line) for line in cells]
-    return "\n".join(lines)
+def render(renderable: RenderableType) -> str:
+    """A table (or any rich renderable) as the text to print, without trailing spaces.
+
+    Colour on a terminal only; a pipe, a file or a test capturing stdout gets plain text. Always
+    at the table's own width, not the terminal's: rich would fit a wide table to a narrow
+    terminal by cutting every column, numbers too. So a row stays one line with each number
+    whole, and the same data prints as the same bytes everywhere (the README's examples).
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    plain = {} if sys.stdout.isatty() else {"force_terminal": False, "color_system": None}
+    console = Console(markup=False, emoji=False, highlight=False, **plain)
+    console.width = Measurement.get(
+        console, console.options.update_width(1_000_000), renderable
+    ).maximum
+    with console.capture() as captured:
+        console.print(renderable)
+    return "\n".join(line.rstrip() for line in captured.get().rstrip("\n").split("\n"))
+
+
+def _print_table(rows: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -> None:
+    """Print :func:`table` of the rows (same arguments) to stdout."""
+    print(render(table(rows, *args, **kwargs)))
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
 
-def _cell(value: Any, max_width: int, float_format: str, null: str) -> str:
+def _cell(value: Any, float_format: str, null: str) -> str:
     if value is None:
         text = null
     elif isinstance(value, bool):
@@ -623,8 +644,7 @@ def _cell(value: Any, max_width: int, float_format: str, null: str) -> str:
     else:
         text = str(value)
     # Raw lines may hold tabs and newlines; escaped, one row stays one line.
-    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
-    return text if len(text) <= max_width else text[: max_width - 1] + "…"
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
 
 
 def _json_default(value: Any) -> Any:
@@ -677,7 +697,7 @@ def print_recommendations(data: dict[str, Any]) -> None:
     rows = [{**rec, "because": _because(rec["evidence"])} for rec in data["recommendations"]]
     columns = [("rank", "rank"), ("score", "score"), ("item_id", "item_id"),
                ("title", "title"), ("because", "because")]
-    print(format_table(rows, columns, max_width=90))
+    _print_table(rows, columns, max_width=90)
 
 
 _NEAREST_COLUMNS = [("rank", "rank"), ("similarity", "similarity"), ("item_id", "item_id"),
@@ -689,17 +709,17 @@ def print_profile(data: dict[str, Any]) -> None:
     print(f"user {data['user_id']}, version {_version_line(data)}")
     print(f"model {data['model_id']}\n")
     print("nearest items")
-    print(format_table(data["nearest_items"], _NEAREST_COLUMNS))
+    _print_table(data["nearest_items"], _NEAREST_COLUMNS)
     print(f"\ncategories and tags of the {THEME_ITEMS} nearest items, weighted by similarity")
     if data["themes"]:
-        print(format_table(data["themes"]))
+        _print_table(data["themes"])
     else:
         print("(none: the nearest items carry no category or tags)")
     print("\nnearest of the user's own texts (queries, tags, items interacted with)")
     rows = [{**row, "event_types": ",".join(row["event_types"])} for row in data["nearest_texts"]]
     columns = [("similarity", "similarity"), ("source", "source"), ("item_id", "item_id"),
                ("text", "text"), ("events", "events"), ("event_types", "event_types")]
-    print(format_table(rows, columns))
+    _print_table(rows, columns)
     if data.get("follows"):
         shown = ", ".join(data["follows"][:10])
         more = f" and {len(data['follows']) - 10} more" if len(data["follows"]) > 10 else ""
@@ -719,16 +739,16 @@ def print_diff(data: dict[str, Any]) -> None:
         f"({data['event_count_change']:+d})\n"
     )
     print(f"entered the nearest {DIFF_NEAREST} items (rank as of {b['as_of']})")
-    print(format_table(data["entered_nearest"], _NEAREST_COLUMNS))
+    _print_table(data["entered_nearest"], _NEAREST_COLUMNS)
     print(f"\nleft the nearest {DIFF_NEAREST} items (rank as of {a['as_of']})")
-    print(format_table(data["left_nearest"], _NEAREST_COLUMNS))
+    _print_table(data["left_nearest"], _NEAREST_COLUMNS)
     print(f"\nevents with event_at in ({a['as_of']}, {b['as_of']}]")
-    print(format_table(data["events_between"]))
+    _print_table(data["events_between"])
 
 
 def print_runs(rows: list[dict[str, Any]]) -> None:
     """Human output of ``runs``."""
-    print(format_table(rows, RUN_COLUMNS))
+    _print_table(rows, RUN_COLUMNS)
 
 
 def print_quarantine(rows: list[dict[str, Any]]) -> None:
@@ -737,7 +757,7 @@ def print_quarantine(rows: list[dict[str, Any]]) -> None:
     A file-level row (line 0: a part file that could not be read whole) shows as
     ``file (whole file)`` with no raw line.
     """
-    table = [
+    shown = [
         {
             **row,
             "where": f"{row['source_file']}:{row['line_number']}"
@@ -749,12 +769,12 @@ def print_quarantine(rows: list[dict[str, Any]]) -> None:
     ]
     columns = [("interval_start", "interval_start"), ("where", "file:line"),
                ("reason", "reason"), ("raw_line", "raw_line")]
-    print(format_table(table, columns, max_width=70))
+    _print_table(shown, columns, max_width=70)
 
 
 def print_sql(rows: list[dict[str, Any]]) -> None:
     """Human output of ``sql``."""
-    print(format_table(rows, float_format=".6g", null="NULL"))
+    _print_table(rows, float_format=".6g", null="NULL")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -895,7 +915,7 @@ def print_erasures(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no erasures recorded")
         return
-    table = [
+    shown = [
         {**row, "rows": sum(json.loads(row["rows_deleted"]).values()),
          "user": row["user_hash"][:16] + "…"}
         for row in rows
@@ -903,19 +923,19 @@ def print_erasures(rows: list[dict[str, Any]]) -> None:
     columns = [("completed_at", "completed_at"), ("user", "user (salted sha256)"),
                ("rows", "rows deleted"), ("landing_lines_purged", "landing purged"),
                ("reason", "reason")]
-    print(format_table(table, columns, null="-"))
+    _print_table(shown, columns, null="-")
 
 
 # (name, one-line summary, example, function adding its arguments)
 _COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
     ("recs", "a user's recommendations (rank, item, score, evidence) as of a time",
-     "interest recs or-c17894 --as-of '2010-11-10 10:30' -n 5",
+     "interest recs or-c17894 --as-of '2010-11-10 12:00' -n 5",
      _recs_arguments),
     ("profile", "what a user is into: nearest items, categories/tags, nearest own texts",
      "interest profile or-c17894 --as-of 2010-11-10T11:00Z",
      _profile_arguments),
     ("diff", "what changed between the versions in force at T1 and T2",
-     "interest diff or-c17894 '2010-11-10 10:00' '2010-11-10 11:00'",
+     "interest diff or-c14911 '2010-11-10 16:00' '2010-11-11 12:00'",
      _diff_arguments),
     ("runs", "pipeline health per interval, newest first",
      "interest runs --last 5",

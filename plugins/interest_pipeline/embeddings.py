@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from interest_pipeline import progress
 from interest_pipeline.config import DEFAULT_MODEL, DEFAULT_MODEL_ID
 from interest_pipeline.warehouse import insert_arrow, numpy_to_vectors, table_exists, transaction
 
@@ -165,12 +166,13 @@ def embed_new_texts(
     if not todo:
         return 0
     encoder = encoder_factory()
-    done = 0
-    for chunk in _chunks(todo, shard_size()):
-        with transaction(con):
-            insert_arrow(con, "text_embeddings", _encode(encoder, _text_table(model_id, chunk)))
-        done += len(chunk)
-        log.info("embedded %d/%d new texts with %s", done, len(todo), model_id)
+    with progress.track("embed", len(todo), "new texts", emit=log.info) as bar:
+        for chunk in _chunks(todo, shard_size()):
+            with transaction(con):
+                insert_arrow(
+                    con, "text_embeddings", _encode(encoder, _text_table(model_id, chunk))
+                )
+            bar.advance(len(chunk), note=model_id)
     return len(todo)
 
 
@@ -198,7 +200,8 @@ def shard_dir(data_dir: Path, interval_start: datetime, interval_end: datetime) 
 
     Named by both ends: an hourly run and a daily backfill run may start at the same hour.
     """
-    return data_dir / "embedding_shards" / f"{interval_start:%Y%m%dT%H%M}-{interval_end:%Y%m%dT%H%M}"
+    name = f"{interval_start:%Y%m%dT%H%M}-{interval_end:%Y%m%dT%H%M}"
+    return data_dir / "embedding_shards" / name
 
 
 def write_text_shards(

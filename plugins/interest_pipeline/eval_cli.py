@@ -51,6 +51,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from interest_pipeline import progress
 from interest_pipeline.config import REPO_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -217,43 +218,41 @@ def run_pipeline(
     dbt = None
     prepared = scored = 0
     busy_days = {h.replace(hour=0) for h in hours}
+    days = []
     day = start.replace(hour=0)
     while day < end:
-        day_start, day_end = max(day, start), min(day + timedelta(days=1), end)
+        days.append((max(day, start), min(day + timedelta(days=1), end)))
         day += timedelta(days=1)
-        if not hours or day_end <= hours[0]:
-            continue  # nothing built yet: the warehouse has no tables to fold into
-        needs_data = day_start.replace(hour=0) in busy_days and (
-            prepared_until is None or day_end > prepared_until
-        )
-        if not needs_data and not rescore:
-            continue
-        if needs_data:
-            stages.ingest_landing_partition(day_start, day_end, settings)
-            dbt = dbt or _InProcessDbt(settings)
-            dbt.run(day_start, day_end)
-            stages.embed_new_texts(day_start, day_end, settings)
-            prepared += 1
-        # The busy hours, and the hour ending at midnight even when empty: it fits the
-        # ranker and re-scores the week's active users. Other empty hours change no list:
-        # they write no version, and the new-visitor list they would write orders items by
-        # a decayed sum that an hour without events scales, all items alike.
-        busy = set(hours)
-        hour = day_start
-        while hour < day_end:
-            if hour in busy or (hour + _HOUR).hour == 0:
-                _score_hour(settings, hour, hour + _HOUR)
-                scored += 1
-            hour += _HOUR
-        if needs_data:
-            state["prepared_until"] = day_end.isoformat()
-            state["scoring"] = None
-            _write_state(workdir, state)
-        print(
-            f"  pipeline: {day_start:%Y-%m-%d} done ({time.perf_counter() - began:.0f}s)",
-            file=sys.stderr,
-            flush=True,
-        )
+    with progress.track("  pipeline", len(days), "days") as bar:
+        for day_start, day_end in bar.iterate(days, note=lambda d: f"{d[0]:%Y-%m-%d}"):
+            if not hours or day_end <= hours[0]:
+                continue  # nothing built yet: the warehouse has no tables to fold into
+            needs_data = day_start.replace(hour=0) in busy_days and (
+                prepared_until is None or day_end > prepared_until
+            )
+            if not needs_data and not rescore:
+                continue
+            if needs_data:
+                stages.ingest_landing_partition(day_start, day_end, settings)
+                dbt = dbt or _InProcessDbt(settings)
+                dbt.run(day_start, day_end)
+                stages.embed_new_texts(day_start, day_end, settings)
+                prepared += 1
+            # The busy hours, and the hour ending at midnight even when empty: it fits the
+            # ranker and re-scores the week's active users. Other empty hours change no list:
+            # they write no version, and the new-visitor list they would write orders items by
+            # a decayed sum that an hour without events scales, all items alike.
+            busy = set(hours)
+            hour = day_start
+            while hour < day_end:
+                if hour in busy or (hour + _HOUR).hour == 0:
+                    _score_hour(settings, hour, hour + _HOUR)
+                    scored += 1
+                hour += _HOUR
+            if needs_data:
+                state["prepared_until"] = day_end.isoformat()
+                state["scoring"] = None
+                _write_state(workdir, state)
     state["scoring"] = scoring_key
     state["prepared_until"] = end.isoformat() if hours else None
     _write_state(workdir, state)
@@ -371,22 +370,17 @@ def evaluate_cutoffs(
 
     model_id, _ = embeddings.resolve_model(settings.model)
     found = []
-    began = time.perf_counter()
-    with open_warehouse(settings.warehouse_path) as con:
-        for i, t in enumerate(times, start=1):
+    with (
+        open_warehouse(settings.warehouse_path) as con,
+        progress.track("  evaluate", len(times), "cut-offs", every=10) as bar,
+    ):
+        for t in bar.iterate(times, note=lambda t: f"{t:%Y-%m-%d %H:%M}"):
             cutoff = evaluation.evaluate_cutoff(con, t, horizon_hours, model_id)
             evaluation.record_evaluation(con, t, horizon_hours, model_id, cutoff.rows)
             # How old the served lists are: the daily refresh should bound it by a day for
             # the week's active users.
             ages = evaluation.list_ages_hours(con, t, model_id, cutoff.users["known"])
             found.append(dataclasses.replace(cutoff, list_ages=tuple(ages)))
-            if i % 10 == 0 or i == len(times):
-                print(
-                    f"  evaluate: cut-off {i}/{len(times)} {t:%Y-%m-%d %H:%M} "
-                    f"({time.perf_counter() - began:.0f}s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
     return found
 
 

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from interest_pipeline import airflow_local
+from interest_pipeline import airflow_local, progress
 from interest_pipeline.config import (
     DAG_ID,
     DAILY_DAG_ID,
@@ -185,37 +185,38 @@ def wait_for_backfill(
     if heartbeat_timeout is None:
         heartbeat_timeout = scheduler_heartbeat_timeout()
     total = len(runs)
-    started = time.monotonic()
-    last_done, told = -1, started
-    while True:
-        states, complete = _backfill_states(backfill_id)
-        failed = sorted(run_id for run_id, state in states.items() if state == "failed")
-        if failed:
-            raise RunFailed(
-                _describe_failure(failed[0], env, dag_id) + "\n"
-                + _cancel_rest(backfill_id, states, total)
-            )
-        # Hours skipped because they already succeeded count as done.
-        done = sum(1 for state in states.values() if state == "success") + total - len(states)
-        if complete and done == total:
-            if done != last_done:
-                _print_progress(done, total, started)
-            return total
-        if not complete and (problem := airflow_local.scheduler_problem(env, heartbeat_timeout)):
-            raise SchedulerDown(f"{problem}; backfill {backfill_id} is kept ({done}/{total} "
-                                "runs done)")
-        now = time.monotonic()
-        if done != last_done or now - told >= PROGRESS_EVERY:
-            running = sorted(r for r, state in states.items() if state == "running")
-            _print_progress(done, total, started, running[0] if running else None)
-            last_done, told = done, now
-        time.sleep(poll_seconds)
+    last_done, told = -1, time.monotonic()
+    # Lines on stdout, like the rest of the main job's report (a bar on a terminal).
+    with progress.track("backfill", total, "runs done", emit=_print_stdout) as bar:
+        while True:
+            states, complete = _backfill_states(backfill_id)
+            failed = sorted(run_id for run_id, state in states.items() if state == "failed")
+            if failed:
+                raise RunFailed(
+                    _describe_failure(failed[0], env, dag_id) + "\n"
+                    + _cancel_rest(backfill_id, states, total)
+                )
+            # Hours skipped because they already succeeded count as done.
+            done = total - len(states) + sum(1 for state in states.values() if state == "success")
+            if complete and done == total:
+                if done != last_done:
+                    bar.show(done)
+                return total
+            problem = None if complete else airflow_local.scheduler_problem(env, heartbeat_timeout)
+            if problem:
+                raise SchedulerDown(
+                    f"{problem}; backfill {backfill_id} is kept ({done}/{total} runs done)"
+                )
+            now = time.monotonic()
+            if done != last_done or now - told >= PROGRESS_EVERY:
+                running = sorted(r for r, state in states.items() if state == "running")
+                bar.show(done, f"running {running[0]}" if running else "")
+                last_done, told = done, now
+            time.sleep(poll_seconds)
 
 
-def _print_progress(done: int, total: int, started: float, running: str | None = None) -> None:
-    now = f"; running {running}" if running else ""
-    print(f"backfill: {done}/{total} runs done ({time.monotonic() - started:.0f}s{now})",
-          flush=True)
+def _print_stdout(line: str) -> None:
+    print(line, flush=True)
 
 
 def _backfill_states(backfill_id: int) -> tuple[dict[str, str], bool]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from interest_pipeline import progress
 from interest_pipeline.config import REPO_ROOT, get_settings
 
 logger = logging.getLogger(__name__)
@@ -601,12 +602,11 @@ def _check_existing(parts: Sequence[_Partition]) -> tuple[list[_Partition], list
 
 def _write_all(parts: Sequence[_Partition]) -> None:
     total = len(parts)
-    # Progress only matters for long replays (a year of retail is thousands of partitions).
-    step = math.ceil(total / 10) if total >= 50 else 0
-    for done, part in enumerate(parts, start=1):
-        write_atomic(part.path, part.content)
-        if step and (done % step == 0 or done == total):
-            logger.info("wrote %d/%d partitions (%d%%)", done, total, 100 * done // total)
+    # Lines only for long replays (a year of retail is thousands of partitions): every 10 %.
+    every = math.ceil(total / 10) if total >= 50 else 0
+    with progress.track("replay", total, "partitions written", every, logger.info) as bar:
+        for part in bar.iterate(parts):
+            write_atomic(part.path, part.content)
 
 
 def write_atomic(path: Path, content: bytes) -> None:

@@ -1,8 +1,9 @@
 """The ``interest`` CLI against one pipeline database built from real sample logs (slow).
 
 The fixture replays three consecutive busy hours of the retail default window (plus a few
-malformed lines and a truncated gzip part file, so the quarantine has rows) and runs the real stages in-process for each
-hour: real dbt, the real embedding model. Every command is then called through ``main``.
+malformed lines and a truncated gzip part file, so the quarantine has rows) and runs the real
+stages in-process for each hour: real dbt, the real embedding model. Every command is then
+called through ``main``.
 """
 
 from __future__ import annotations
@@ -549,18 +550,18 @@ def test_parse_time_returns_naive_utc(text, expected):
     assert cli.parse_time(text) == expected
 
 
-def test_format_table_aligns_numbers_right_and_cuts_long_cells():
+def test_tables_align_numbers_right_and_cut_long_cells():
     rows = [
         {"name": "a", "n": 1, "x": 0.5, "note": "short"},
         {"name": "bbb", "n": 200, "x": None, "note": "y" * 30},
     ]
 
-    table = cli.format_table(rows, max_width=10)
+    table = cli.render(cli.table(rows, max_width=10))
 
     assert table.splitlines() == [
         "name    n      x  note",
-        "----  ---  -----  ----------",
+        "────────────────────────────",
         "a       1  0.500  short",
         "bbb   200      -  yyyyyyyyy…",
     ]
-    assert cli.format_table([]) == "(no rows)"
+    assert cli.render(cli.table([])) == "(no rows)"
