@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         total = sum(result["rows_deleted"].values())
         print(
-            f"forgot {result['users']} users: {total} rows deleted "
+            f"forgot {result['users']} user{'s' if result['users'] != 1 else ''}: "
+            f"{total} rows deleted "
             f"({', '.join(f'{t} {n}' for t, n in result['rows_deleted'].items())}); "
             f"warehouse rewritten in {result['rewrite_seconds']:.1f} s"
             + (f"; {result['landing_lines_purged']} landing lines purged"
