@@ -69,3 +69,41 @@ def test_the_scheduled_days_tables_equal_the_stages_over_the_same_day(daily, tmp
     scheduled = _snapshot(daily["warehouse"])
     for table in OUTPUT_TABLES:
         assert scheduled[table] == in_process[table], table
+
+
+def test_the_forget_dag_erases_a_user_through_airflow(daily):
+    """Issue 13 through Airflow: `interest_forget` (run by `airflow dags test`, the DAG's real
+    task in-process) erases a user of the scheduled day; no row names them afterwards."""
+    import json
+
+    from interest_pipeline.config import airflow_env
+
+    con = connect(daily["warehouse"], read_only=True)
+    try:
+        ((user,),) = con.execute(
+            "select user_id from user_interest_vectors group by 1 order by count(*) desc, 1 "
+            "limit 1"
+        ).fetchall()
+    finally:
+        con.close()
+    data = Path(daily["env"]["INTEREST_DATA_DIR"])
+    settings = dataclasses.replace(
+        get_settings(), data_dir=data, warehouse_path=daily["warehouse"],
+        landing_dir=daily["landing"], airflow_home=data / "airflow",
+    )
+    env = {**daily["env"], **airflow_env(settings)}
+    conf = json.dumps({"users": [user], "reason": "integration test"})
+    _run(env, "airflow", "dags", "test", "interest_forget", "--conf", conf)
+    con = connect(daily["warehouse"], read_only=True)
+    try:
+        for table in ("stg_landing__events", "user_item_interactions", "user_interest_vectors",
+                      "recommendations"):
+            (n,) = con.execute(
+                f"select count(*) from {table} where user_id = ?", [user]
+            ).fetchone()
+            assert n == 0, table
+        (reasons,) = con.execute("select list(reason) from erasures").fetchone()
+    finally:
+        con.close()
+    assert reasons == ["integration test"]
+    assert user.encode() not in daily["warehouse"].read_bytes()
