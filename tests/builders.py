@@ -49,3 +49,25 @@ def add_follow(
         [event_id, user_id, event_type, target_user_id, event_at,
          1.0 if event_type == "follow" else 0.0, interval_start],
     )
+
+
+def user_with_most_versions(path) -> tuple[str, list[datetime]]:
+    """The recommended user with the most interest versions in a warehouse file, and the
+    as_of of each version, oldest first (what the CLI and API fixtures time-travel over)."""
+    from interest_pipeline.warehouse import connect
+
+    con = connect(path, read_only=True)
+    try:
+        ((user,),) = con.execute(
+            """
+            select user_id from user_interest_vectors
+            where user_id in (select user_id from recommendations)
+            group by user_id order by count(*) desc, max(event_count) desc, user_id limit 1
+            """
+        ).fetchall()
+        versions = [r[0] for r in con.execute(
+            "select as_of from user_interest_vectors where user_id = ? order by 1", [user]
+        ).fetchall()]
+    finally:
+        con.close()
+    return user, versions

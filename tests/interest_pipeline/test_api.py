@@ -37,6 +37,7 @@ from interest_pipeline.api import WarehouseReader, create_app
 from interest_pipeline.config import DEFAULT_MODEL_ID, get_settings
 from interest_pipeline.replay import replay
 from interest_pipeline.warehouse import connect
+from tests.builders import user_with_most_versions
 from tests.integration.test_end_to_end import _busy_hours
 from tests.interest_pipeline.test_cli import _query
 from tests.interest_pipeline.test_snapshot import _make_warehouse, hold_write_lock
@@ -72,20 +73,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
         if i == 1:
             shutil.copyfile(snapshot.snapshot_path(path), kept)
             shutil.copyfile(snapshot.sidecar_path(path), f"{kept}.json")
-    (user,) = _query(
-        path,
-        """
-        select user_id from user_interest_vectors
-        where user_id in (select user_id from recommendations)
-        group by user_id order by count(*) desc, max(event_count) desc, user_id limit 1
-        """,
-    )[0]
-    versions = [
-        r[0]
-        for r in _query(
-            path, "select as_of from user_interest_vectors where user_id = ? order by 1", [user]
-        )
-    ]
+    user, versions = user_with_most_versions(path)
     assert len(versions) >= 2, "the fixture needs a user with two versions for time travel"
     return Warehouse(path, hours, user, versions, kept)
 

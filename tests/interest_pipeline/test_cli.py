@@ -26,6 +26,7 @@ from interest_pipeline.config import DEFAULT_MODEL_ID, get_settings
 from interest_pipeline.ingest import partition_dir
 from interest_pipeline.replay import replay
 from interest_pipeline.warehouse import connect
+from tests.builders import user_with_most_versions
 from tests.integration.test_end_to_end import _busy_hours
 from tests.interest_pipeline.test_snapshot import hold_write_lock
 
@@ -76,20 +77,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     for start in hours:
         stages.run_interval(start, start + timedelta(hours=1), settings)
     path = settings.warehouse_path
-    (user,) = _query(
-        path,
-        """
-        select user_id from user_interest_vectors
-        where user_id in (select user_id from recommendations)
-        group by user_id order by count(*) desc, max(event_count) desc, user_id limit 1
-        """,
-    )[0]
-    versions = [
-        r[0]
-        for r in _query(
-            path, "select as_of from user_interest_vectors where user_id = ? order by 1", [user]
-        )
-    ]
+    user, versions = user_with_most_versions(path)
     assert len(versions) >= 2, "the fixture needs a user with two versions for diff"
     return Pipeline(path, hours, user, versions)
 
