@@ -218,12 +218,39 @@ def describe_profile(
         "nearest_items": _nearest(items, sims, n),
         "themes": _themes(items, sims, n),
         "nearest_texts": _nearest_texts(con, user_id, model_id, version["as_of"], vector, n),
-        # The social dimension: whom the user follows in the graph as of the version.
+        # The social dimension: whom the user follows in the graph as of the version, and
+        # what the social component (their followees' interest) points at.
         "follows": [
             followee
             for _, followee in follows_as_of(con, version["as_of"] - timedelta(hours=1), user_id)
         ],
+        "social": _social_side(con, user_id, model_id, version["as_of"], items, matrix, n),
     }
+
+
+def _social_side(
+    con: duckdb.DuckDBPyConnection,
+    user_id: str,
+    model_id: str,
+    as_of: datetime,
+    items: list[dict[str, Any]],
+    matrix: np.ndarray,
+    n: int,
+) -> dict[str, Any] | None:
+    """The social version in force at ``as_of`` (followees counted, nearest items), if any."""
+    import pyarrow as pa
+
+    from interest_pipeline.social import social_vectors_as_of
+
+    con.register("_profile_user", pa.table({"user_id": [user_id]}))
+    try:
+        found = social_vectors_as_of(con, model_id, as_of, "_profile_user").get(user_id)
+    finally:
+        con.unregister("_profile_user")
+    if found is None:
+        return None
+    vector, followees = found
+    return {"followees": followees, "nearest_items": _nearest(items, matrix @ vector, n)}
 
 
 def diff_versions(
@@ -725,6 +752,11 @@ def print_profile(data: dict[str, Any]) -> None:
         more = f" and {len(data['follows']) - 10} more" if len(data["follows"]) > 10 else ""
         noun = "person" if len(data["follows"]) == 1 else "people"
         print(f"\nfollows {len(data['follows'])} {noun}: {shown}{more}")
+    if data.get("social"):
+        people = data["social"]["followees"]
+        noun = "person" if people == 1 else "people"
+        print(f"\nwhat the {people} {noun} followed are into (the social side of the interest)")
+        _print_table(data["social"]["nearest_items"][:5], _NEAREST_COLUMNS)
 
 
 def print_diff(data: dict[str, Any]) -> None:

@@ -327,6 +327,8 @@ def forget_users(
     import time
 
     from interest_pipeline import snapshot
+    from interest_pipeline.config import get_settings
+    from interest_pipeline.social import recompute_social_vectors
     from interest_pipeline.warehouse import fetch_one, open_warehouse, transaction
 
     if not user_ids:
@@ -336,7 +338,12 @@ def forget_users(
     with open_warehouse(Path(warehouse_path)) as con, transaction(con):
         salt = _salt(con, create=True)
         assert salt is not None
-        per_user, files = _delete_rows(con, list(dict.fromkeys(user_ids)))
+        ids = list(dict.fromkeys(user_ids))
+        followers = _followers(con, ids)
+        per_user, files = _delete_rows(con, ids)
+        # Their interest lives on in the social versions of whoever followed them: recomputed
+        # without them (the follow events naming them are gone now).
+        recompute_social_vectors(con, followers, get_settings().half_life_hours)
         purged = None
         if landing_dir is not None:
             purged = purge_landing(Path(landing_dir), files, list(per_user))
@@ -370,6 +377,25 @@ def forget_users(
     }
     log.info("erased %d users: %s", len(per_user), result)
     return result
+
+
+def _followers(con: duckdb.DuckDBPyConnection, user_ids: list[str]) -> list[str]:
+    """Everyone else who ever followed one of the users (whose social side includes them)."""
+    from interest_pipeline.social import SOCIAL_EVENT_TYPES
+    from interest_pipeline.warehouse import table_exists
+
+    if not table_exists(con, "user_item_interactions"):
+        return []
+    return [r[0] for r in con.execute(
+        f"""
+        select distinct user_id from user_item_interactions
+        where event_type in {SOCIAL_EVENT_TYPES}
+            and target_user_id in (select unnest(?::varchar[]))
+            and user_id not in (select unnest(?::varchar[]))
+        order by 1
+        """,
+        [user_ids, user_ids],
+    ).fetchall()]
 
 
 def _has_runs(con: duckdb.DuckDBPyConnection) -> bool:

@@ -185,6 +185,7 @@ def default_weights(config: ScoringConfig) -> dict[str, float]:
         "new_item": 0.0,
         # Off until a fit adopts it: the data says how much the people one follows matter.
         "social": 0.0,
+        "social_taste": 0.0,
     }
 
 

@@ -24,6 +24,11 @@ features (:data:`FEATURES`):
 - ``new_item``: 1 for an item nobody has engaged with positively yet.
 - ``social``: the people the user follows (the graph as of the interval), each counted with the
   decay of their latest positive event on j, scaled to [0, 1] (:mod:`interest_pipeline.social`).
+- ``social_taste``: the social component of the user's interest against the item,
+  ``cos(s_u, e_j)``, where ``s_u`` is the decayed mean of the interest vectors of the people u
+  follows (``user_social_vectors``, as of the interval). With ``content`` it fuses the user's
+  own interest and their followees' into one direction, ``w_content v_u + w_social_taste s_u``,
+  in the proportion the fit finds.
 
 Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
 only from cancellations gets no list rather than the items least like what they returned (or
@@ -50,7 +55,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from interest_pipeline.social import SOCIAL_EVENT_TYPES, follows_sql, social_evidence, social_signal
+from interest_pipeline.social import social_evidence, social_signal, social_vectors_as_of
 from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay
 from interest_pipeline.warehouse import (
     insert_arrow,
@@ -259,13 +264,10 @@ def write_recommendations(
             having max(last_event_at) >= $active_since
         ),
         social as (
-            -- Whose social signal changed: who (un)followed someone in the interval, and the
-            -- followers of every user with a new version.
-            select user_id from user_item_interactions
-            where interval_start = $start and event_type in {social_types}
-            union
-            select follows.user_id from ({follows}) as follows
-            inner join fresh on follows.followee = fresh.user_id
+            -- Whose social side changed (a new social version: they (un)followed someone in
+            -- the interval, or someone they follow has a new version).
+            select user_id from user_social_vectors
+            where as_of = $end and model_id = $model_id
         ),
         social_only as (
             select social.user_id, (
@@ -284,15 +286,8 @@ def write_recommendations(
         union all
         select * from social_only
         order by user_id
-        """.format(
-            social_types=str(SOCIAL_EVENT_TYPES),
-            follows=follows_sql(
-                "target_user_id in (select user_id from user_interest_vectors "
-                "where as_of = $end and model_id = $model_id)"
-            ).replace("$interval_start", "$start"),
-        ),
+        """,
         {
-            "start": interval_start,
             "end": interval_end,
             "model_id": model_id,
             "refresh": refresh,
@@ -396,6 +391,7 @@ FEATURES = (
     "own_recency",
     "new_item",
     "social",
+    "social_taste",
 )
 
 
@@ -416,6 +412,7 @@ class _Context:
     ) -> None:
         import numpy as np
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         self.config = config
         self.item_ids, self.item_vecs = _load_items(con, model_id)
@@ -441,12 +438,16 @@ class _Context:
             self.social, self.social_people = social_signal(
                 con, interval_start, interval_end, half_life_hours, n_items
             )
+            self.social_vecs = social_vectors_as_of(con, model_id, interval_end, "_rec_users")
         finally:
             con.execute("drop table if exists _rec_engaged")
             con.unregister("_rec_users")
             con.unregister("_rec_items")
 
         ev_users = rows.column("user_id").to_numpy(zero_copy_only=False)
+        self.ev_text = (
+            pc.dictionary_encode(rows.column("text_hash").combine_chunks()).indices.to_numpy()
+        )
         self.ev_vecs = vectors_to_numpy(rows.column("embedding"))
         ev_times = rows.column("event_at").to_numpy().astype("datetime64[us]")
         ages = (np.datetime64(interval_end, "us") - ev_times) / np.timedelta64(1, "h")
@@ -494,9 +495,16 @@ class _Context:
         positive = coef > 0
         if positive.any():
             c = coef[positive]
-            sims = np.maximum(vecs[positive] @ self.item_vecs.T, 0.0)
+            # Contributions of the same text (a venue visited again, a search repeated) have
+            # the same embedding, so their terms merge into one with the summed importance:
+            # the same power mean at the cost of the distinct texts, not of the events.
+            _, first, inverse = np.unique(
+                self.ev_text[lo:hi][positive], return_index=True, return_inverse=True
+            )
+            merged = np.bincount(inverse, weights=c)
+            sims = np.maximum(vecs[positive][first] @ self.item_vecs.T, 0.0)
             p = self.config.interests_power
-            out[1] = ((c @ _power(sims, p)) / c.sum()) ** (1.0 / p)
+            out[1] = ((merged @ _power(sims, p)) / c.sum()) ** (1.0 / p)
         out[2] = self.prior
         if user in self.behaviour:
             out[3] = self.behaviour[user]
@@ -510,6 +518,8 @@ class _Context:
         out[5] = ~self.engaged
         if user in self.social:
             out[6] = self.social[user]
+        if user in self.social_vecs:
+            out[7] = self.item_vecs @ self.social_vecs[user][0]
         return out
 
     def has_social(self, user: str) -> bool:

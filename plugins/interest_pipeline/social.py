@@ -15,12 +15,13 @@ evidence as "N people you follow engaged with it".
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
+    import pyarrow as pa
 
 SOCIAL_EVENT_TYPES = ("follow", "unfollow")
 
@@ -123,3 +124,214 @@ def social_evidence(people: int, score: float) -> dict:
         "people": people,
         "contribution": round(float(score), 4),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The social component of a user's interest: the people they follow, as one vector
+# --------------------------------------------------------------------------------------------
+
+
+def update_social_vectors(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    interval_start: datetime,
+    interval_end: datetime,
+    half_life_hours: float,
+) -> int:
+    """Write the social version ``as_of = interval_end`` of every user whose social component
+    changed in the interval; returns how many.
+
+    The social vector of u is the unit-length weighted mean of the newest interest vectors of
+    the people u follows (the graph known at the interval), each weighted by
+    ``2 ** (-age of their latest event / half_life)``: a followee active lately counts more.
+    All weights age at the same rate, so the direction changes only when a followee gets a
+    new version or the graph changes; exactly those users are recomputed: whoever followed or
+    unfollowed someone in the interval, and the followers of everyone with a new interest
+    version at ``interval_end``. The cost follows the changed users and their followers, not
+    the graph. Rows of this ``as_of`` are replaced, so a rerun is exact. Run it after the
+    interval's interest versions are written; the caller holds the transaction. The table
+    is ``user_social_vectors`` (DDL in :mod:`interest_pipeline.warehouse`).
+    """
+    from interest_pipeline.warehouse import insert_arrow
+
+    con.execute(
+        "delete from user_social_vectors where as_of = ? and model_id = ?",
+        [interval_end, model_id],
+    )
+    params = {"interval_start": interval_start, "end": interval_end, "model_id": model_id}
+    changed = follows_sql(
+        "target_user_id in (select user_id from user_interest_vectors "
+        "where as_of = $end and model_id = $model_id)"
+    )
+    affected = [
+        row[0]
+        for row in con.execute(
+            f"""
+            select user_id from user_item_interactions
+            where interval_start = $interval_start and event_type in {SOCIAL_EVENT_TYPES}
+            union
+            select user_id from ({changed})
+            order by 1
+            """,
+            params,
+        ).fetchall()
+    ]
+    if not affected:
+        return 0
+    insert_arrow(
+        con, "user_social_vectors",
+        _social_versions(con, model_id, affected, interval_start, interval_end, half_life_hours),
+    )
+    return len(affected)
+
+
+def social_vectors_as_of(
+    con: duckdb.DuckDBPyConnection, model_id: str, as_of: datetime, users_table: str
+) -> dict[str, tuple[np.ndarray, int]]:
+    """Time travel: (unit social vector, followees) in force at ``as_of`` of each user in the
+    registered table ``users_table`` (column user_id) that has one."""
+    from interest_pipeline.warehouse import query_arrow, table_exists, vectors_to_numpy
+
+    if not table_exists(con, "user_social_vectors"):
+        return {}
+    table = query_arrow(
+        con,
+        f"""
+        with latest as (
+            select user_id, max(as_of) as as_of
+            from user_social_vectors
+            where model_id = $model_id and as_of <= $as_of
+                and user_id in (select user_id from {users_table})
+            group by user_id
+        )
+        select versions.user_id, versions.vector, versions.followees
+        from user_social_vectors as versions
+        inner join latest
+            on versions.user_id = latest.user_id and versions.as_of = latest.as_of
+        where versions.model_id = $model_id and versions.vector is not null
+        order by versions.user_id
+        """,
+        {"model_id": model_id, "as_of": as_of},
+    )
+    if table.num_rows == 0:
+        return {}
+    vecs = vectors_to_numpy(table.column("vector"))
+    return {
+        user: (vecs[i], count)
+        for i, (user, count) in enumerate(
+            zip(table.column("user_id").to_pylist(), table.column("followees").to_pylist(),
+                strict=True)
+        )
+    }
+
+
+def _social_versions(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    affected: list[str],
+    interval_start: datetime,
+    interval_end: datetime,
+    half_life_hours: float,
+) -> pa.Table:
+    """The social version as of ``interval_end`` of each of ``affected`` (sorted ids), from
+    the graph known at the interval and the followees' newest interest versions."""
+    import numpy as np
+    import pyarrow as pa
+    import scipy.sparse as sp
+
+    from interest_pipeline.warehouse import query_arrow, vectors_to_numpy
+
+    params = {"interval_start": interval_start, "end": interval_end, "model_id": model_id}
+    con.register("_social_users", pa.table({"user_id": pa.array(affected, pa.string())}))
+    try:
+        # Keys first from narrow columns, then the vectors of exactly those rows (as the fold
+        # reads previous versions): the vector column is the widest and grows with history.
+        edges = query_arrow(
+            con,
+            f"""
+            with follows as ({follows_sql("user_id in (select user_id from _social_users)")}),
+            latest as (
+                select user_id, max(as_of) as as_of
+                from user_interest_vectors
+                where model_id = $model_id and as_of <= $end
+                    and user_id in (select followee from follows)
+                group by user_id
+            )
+            select follows.user_id, versions.vector, versions.last_event_at
+            from follows
+            inner join latest on latest.user_id = follows.followee
+            inner join user_interest_vectors as versions
+                on versions.user_id = latest.user_id and versions.as_of = latest.as_of
+                and versions.model_id = $model_id
+            order by follows.user_id, follows.followee
+            """,
+            params,
+        )
+    finally:
+        con.unregister("_social_users")
+    index = {user: i for i, user in enumerate(affected)}
+    n = len(affected)
+    followees = np.zeros(n, dtype=np.int64)
+    sums = None
+    if edges.num_rows:
+        rows = np.array([index[u] for u in edges.column("user_id").to_pylist()], dtype=np.int64)
+        vecs = vectors_to_numpy(edges.column("vector")).astype(np.float64)
+        last = edges.column("last_event_at").to_numpy().astype("datetime64[us]")
+        ages = (np.datetime64(interval_end, "us") - last) / np.timedelta64(1, "h")
+        weights = np.power(2.0, -np.maximum(ages, 0.0) / half_life_hours)
+        fold = sp.csr_matrix((weights, (rows, np.arange(len(rows)))), shape=(n, len(rows)))
+        sums = np.asarray(fold @ vecs)
+        followees = np.bincount(rows, minlength=n)
+    # A list column with nulls (no followee with an interest): built from Python lists.
+    vectors: list[list[float] | None] = [None] * n
+    if sums is not None:
+        norms = np.linalg.norm(sums, axis=1)
+        for i in np.flatnonzero(norms > 1e-9):
+            vectors[i] = (sums[i] / norms[i]).astype(np.float32).tolist()
+    table = pa.table(
+        {
+            "user_id": pa.array(affected, pa.string()),
+            "as_of": pa.array([interval_end] * n, pa.timestamp("us")),
+            "model_id": pa.array([model_id] * n, pa.string()),
+            "vector": pa.array(vectors, pa.list_(pa.float32())),
+            "followees": pa.array(followees, pa.int32()),
+        }
+    )
+    return table
+
+
+def recompute_social_vectors(
+    con: duckdb.DuckDBPyConnection, users: list[str], half_life_hours: float
+) -> int:
+    """Recompute every existing social version of ``users`` from the graph and interest
+    versions as they are now (after an erasure removed someone they followed, whose
+    interest must not live on in theirs); returns the rows rewritten."""
+    from interest_pipeline.warehouse import insert_arrow
+
+    if not users:
+        return 0
+    keys = con.execute(
+        "select distinct model_id, as_of from user_social_vectors "
+        "where user_id in (select unnest(?::varchar[])) order by 1, 2",
+        [users],
+    ).fetchall()
+    rewritten = 0
+    for model_id, as_of in keys:
+        who = [r[0] for r in con.execute(
+            "select user_id from user_social_vectors where model_id = ? and as_of = ? "
+            "and user_id in (select unnest(?::varchar[])) order by 1",
+            [model_id, as_of, users],
+        ).fetchall()]
+        con.execute(
+            "delete from user_social_vectors where model_id = ? and as_of = ? "
+            "and user_id in (select unnest(?::varchar[]))",
+            [model_id, as_of, who],
+        )
+        # The fold goes hour by hour: a version as of T was computed for [T - 1 h, T).
+        start = as_of - timedelta(hours=1)
+        insert_arrow(
+            con, "user_social_vectors",
+            _social_versions(con, model_id, who, start, as_of, half_life_hours),
+        )
+        rewritten += len(who)
+    return rewritten

@@ -249,13 +249,18 @@ def _versions_checksum(con: Any, model_id: str, as_of: datetime) -> tuple | None
     """A cheap fingerprint of the versions written for one as_of."""
     from interest_pipeline.warehouse import fetch_one
 
+    # The social versions too: a late follow changes later social vectors and nothing else.
     return fetch_one(
         con,
         """
-        select count(*), sum(hash(user_id, state, event_count, last_event_at)::hugeint)
-        from user_interest_vectors where model_id = ? and as_of = ?
+        select
+            (select count(*) from user_interest_vectors where model_id = $m and as_of = $t),
+            (select sum(hash(user_id, state, event_count, last_event_at)::hugeint)
+             from user_interest_vectors where model_id = $m and as_of = $t),
+            (select sum(hash(user_id, vector, followees)::hugeint)
+             from user_social_vectors where model_id = $m and as_of = $t)
         """,
-        [model_id, as_of],
+        {"m": model_id, "t": as_of},
     )
 
 

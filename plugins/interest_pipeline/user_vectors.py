@@ -97,11 +97,34 @@ def update_user_vectors(
     interval_end: datetime,
     half_life_hours: float,
 ) -> dict[str, int]:
-    """Write the version ``as_of = interval_end`` for every user whose vector changed.
+    """Write the version ``as_of = interval_end`` for every user whose vector changed, and
+    then the social component of every user whose followees' interest or follows changed
+    (:func:`interest_pipeline.social.update_social_vectors`, which reads the new versions).
 
     Replaces any rows of this ``as_of`` (same model) in one transaction, so a rerun is exact.
-    Returns counts: users_updated, users_without_text (events but no embeddable text).
+    Returns counts: users_updated, users_without_text (events but no embeddable text),
+    social_updated.
     """
+    from interest_pipeline.social import update_social_vectors
+
+    with transaction(con):
+        counts = _write_interest_versions(
+            con, model_id, interval_start, interval_end, half_life_hours
+        )
+        counts["social_updated"] = update_social_vectors(
+            con, model_id, interval_start, interval_end, half_life_hours
+        )
+    return counts
+
+
+def _write_interest_versions(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    interval_start: datetime,
+    interval_end: datetime,
+    half_life_hours: float,
+) -> dict[str, int]:
+    """The interest versions of ``update_user_vectors`` (the caller holds the transaction)."""
     import numpy as np
     import pyarrow as pa
     import scipy.sparse as sp
@@ -122,63 +145,62 @@ def update_user_vectors(
             [interval_start],
         ).fetchall()
     }
-    with transaction(con):
-        con.execute(
-            "delete from user_interest_vectors where as_of = ? and model_id = ?",
-            [interval_end, model_id],
-        )
-        if contrib.num_rows == 0:
-            return {"users_updated": 0, "users_without_text": len(users_with_events)}
+    con.execute(
+        "delete from user_interest_vectors where as_of = ? and model_id = ?",
+        [interval_end, model_id],
+    )
+    if contrib.num_rows == 0:
+        return {"users_updated": 0, "users_without_text": len(users_with_events)}
 
-        user_col = contrib.column("user_id").to_numpy(zero_copy_only=False)
-        users, user_idx = np.unique(user_col, return_inverse=True)
-        emb = vectors_to_numpy(contrib.column("embedding")).astype(np.float64)
-        ages = _hours_between(interval_end, contrib.column("event_at").to_numpy())
-        coef = contrib.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
-        coef = coef * decay(ages, half_life_hours)
-        fold = sp.csr_matrix(
-            (coef, (user_idx, np.arange(len(coef)))), shape=(len(users), len(coef))
-        )
-        new_state = np.asarray(fold @ emb)
+    user_col = contrib.column("user_id").to_numpy(zero_copy_only=False)
+    users, user_idx = np.unique(user_col, return_inverse=True)
+    emb = vectors_to_numpy(contrib.column("embedding")).astype(np.float64)
+    ages = _hours_between(interval_end, contrib.column("event_at").to_numpy())
+    coef = contrib.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
+    coef = coef * decay(ages, half_life_hours)
+    fold = sp.csr_matrix(
+        (coef, (user_idx, np.arange(len(coef)))), shape=(len(users), len(coef))
+    )
+    new_state = np.asarray(fold @ emb)
 
-        prev = _previous_versions(con, model_id, interval_end, list(users))
-        event_counts = _events_per_user(con, interval_start, list(users))
-        dim = emb.shape[1]
-        state = np.zeros((len(users), dim), dtype=np.float64)
-        total_events = np.zeros(len(users), dtype=np.int64)
-        last_event = np.full(len(users), np.datetime64("NaT"), dtype="datetime64[us]")
-        for i, user in enumerate(users):
-            p = prev.get(user)
-            if p is not None:
-                p_state, p_as_of, p_count, p_last = p
-                state[i] = p_state * decay(_hours(interval_end, p_as_of), half_life_hours)
-                total_events[i] = p_count
-                last_event[i] = np.datetime64(p_last, "us")
-        state += new_state
-        user_last = _max_per_user(user_idx, contrib.column("event_at").to_numpy(), len(users))
-        last_event = np.where(
-            np.isnat(last_event) | (user_last > last_event), user_last, last_event
-        )
-        counts_now = np.array([event_counts.get(u, 0) for u in users], dtype=np.int64)
-        total_events += counts_now
+    prev = _previous_versions(con, model_id, interval_end, list(users))
+    event_counts = _events_per_user(con, interval_start, list(users))
+    dim = emb.shape[1]
+    state = np.zeros((len(users), dim), dtype=np.float64)
+    total_events = np.zeros(len(users), dtype=np.int64)
+    last_event = np.full(len(users), np.datetime64("NaT"), dtype="datetime64[us]")
+    for i, user in enumerate(users):
+        p = prev.get(user)
+        if p is not None:
+            p_state, p_as_of, p_count, p_last = p
+            state[i] = p_state * decay(_hours(interval_end, p_as_of), half_life_hours)
+            total_events[i] = p_count
+            last_event[i] = np.datetime64(p_last, "us")
+    state += new_state
+    user_last = _max_per_user(user_idx, contrib.column("event_at").to_numpy(), len(users))
+    last_event = np.where(
+        np.isnat(last_event) | (user_last > last_event), user_last, last_event
+    )
+    counts_now = np.array([event_counts.get(u, 0) for u in users], dtype=np.int64)
+    total_events += counts_now
 
-        norms = np.linalg.norm(state, axis=1)
-        keep = norms > _MIN_NORM
-        vectors = state[keep] / norms[keep, None]
-        n = int(keep.sum())
-        rows = pa.table(
-            {
-                "user_id": pa.array(users[keep].tolist(), pa.string()),
-                "as_of": pa.array([interval_end] * n, pa.timestamp("us")),
-                "model_id": pa.array([model_id] * n, pa.string()),
-                "vector": numpy_to_vectors(vectors),
-                "state": numpy_to_vectors(state[keep]),
-                "events_in_interval": pa.array(counts_now[keep], pa.int32()),
-                "event_count": pa.array(total_events[keep], pa.int64()),
-                "last_event_at": pa.array(last_event[keep], pa.timestamp("us")),
-            }
-        )
-        insert_arrow(con, "user_interest_vectors", rows)
+    norms = np.linalg.norm(state, axis=1)
+    keep = norms > _MIN_NORM
+    vectors = state[keep] / norms[keep, None]
+    n = int(keep.sum())
+    rows = pa.table(
+        {
+            "user_id": pa.array(users[keep].tolist(), pa.string()),
+            "as_of": pa.array([interval_end] * n, pa.timestamp("us")),
+            "model_id": pa.array([model_id] * n, pa.string()),
+            "vector": numpy_to_vectors(vectors),
+            "state": numpy_to_vectors(state[keep]),
+            "events_in_interval": pa.array(counts_now[keep], pa.int32()),
+            "event_count": pa.array(total_events[keep], pa.int64()),
+            "last_event_at": pa.array(last_event[keep], pa.timestamp("us")),
+        }
+    )
+    insert_arrow(con, "user_interest_vectors", rows)
     if n < len(users):
         log.info("%d users have a zero decayed sum and keep their previous version", len(users) - n)
     return {

@@ -72,6 +72,16 @@ create table if not exists user_interest_vectors (
     last_event_at timestamp not null
 );
 
+-- The social component of each user's interest (interest_pipeline.social): a version per
+-- user whose followees' interest or follows changed in the interval.
+create table if not exists user_social_vectors (
+    user_id varchar not null,
+    as_of timestamp not null,              -- the interval end it was computed at
+    model_id varchar not null,
+    vector float[],                        -- unit length; null: no followee has an interest
+    followees integer not null             -- followees with an interest vector by as_of
+);
+
 create or replace view current_user_interest as
 select * exclude (rn)
 from (

@@ -76,6 +76,15 @@ def _per_user(path: Path, table: str, users: set[str]) -> list[tuple]:
     return [r for r in rows if r[0] not in users]
 
 
+def _social_of(path: Path, user: str) -> list[tuple]:
+    return _query(
+        path,
+        "select as_of, vector is not null, followees from user_social_vectors "
+        "where user_id = ? order by as_of",
+        [user],
+    )
+
+
 @pytest.fixture(scope="module")
 def erased(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("erasure")
@@ -115,6 +124,7 @@ def erased(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "vectors": _per_user(settings.warehouse_path, "user_interest_vectors",
                              set(victims) | {follower}),
         "recommendations": _per_user(settings.warehouse_path, "recommendations", set(victims)),
+        "follower_social": _social_of(settings.warehouse_path, follower),
     }
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # what a user runs
@@ -128,6 +138,7 @@ def erased(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "vectors": _per_user(settings.warehouse_path, "user_interest_vectors",
                              set(victims) | {follower}),
         "recommendations": _per_user(settings.warehouse_path, "recommendations", set(victims)),
+        "follower_social": _social_of(settings.warehouse_path, follower),
     }
     for hour in hours:  # a backfill of the whole window, landing unchanged
         stages.run_interval(hour, hour + timedelta(hours=1), settings)
@@ -159,6 +170,15 @@ def test_no_row_and_no_byte_names_them_after_forgetting(erased):
 def test_other_users_keep_their_vectors_and_lists(erased):
     assert erased["after"]["vectors"] == erased["before"]["vectors"]
     assert erased["after"]["recommendations"] == erased["before"]["recommendations"]
+
+
+def test_their_interest_leaves_the_social_side_of_their_follower(erased):
+    """The follower followed only the first erased user: their social versions were that
+    user's interest, and after the erasure they say "nobody you follow has one"."""
+    before, after = erased["before"]["follower_social"], erased["after"]["follower_social"]
+    assert before and all(has and n == 1 for _, has, n in before)
+    assert [as_of for as_of, _, _ in after] == [as_of for as_of, _, _ in before]
+    assert all(not has and n == 0 for _, has, n in after)
 
 
 def test_a_backfill_does_not_bring_them_back(erased):

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from interest_pipeline.embeddings import embed_new_texts
 from interest_pipeline.recommendations import ScoringConfig, write_recommendations
 from interest_pipeline.social import follows_as_of
-from interest_pipeline.user_vectors import update_user_vectors
+from interest_pipeline.user_vectors import update_user_vectors, vector_as_of
 from tests.builders import add_event, add_follow, add_item
 
 H = [datetime(2024, 3, 1, 10) + timedelta(hours=i) for i in range(4)]
@@ -125,7 +125,9 @@ def test_without_follows_the_social_weight_changes_nothing(con, fake_encoder):
         "select * exclude (ranker_version) from recommendations order by all"
     ).fetchall()
     con.execute("delete from recommendations")
-    _use_weights(con, {**default_weights(ScoringConfig()), "social": 5.0})
+    _use_weights(
+        con, {**default_weights(ScoringConfig()), "social": 5.0, "social_taste": 5.0}
+    )
     _hour(con, fake_encoder, 0)
     assert lists and con.execute(
         "select * exclude (ranker_version) from recommendations order by all"
@@ -149,3 +151,111 @@ def test_the_profile_names_whom_the_user_follows_as_of_the_version(con, capsys):
         "nearest_texts": [], "follows": ["b"],
     })
     assert "follows 1 person: b" in capsys.readouterr().out
+
+
+def _social_rows(con, user: str) -> list[tuple]:
+    return con.execute(
+        "select as_of, vector, followees from user_social_vectors where user_id = ? "
+        "order by as_of",
+        [user],
+    ).fetchall()
+
+
+def _social_as_of(con, user: str, as_of: datetime):
+    import pyarrow as pa
+
+    from interest_pipeline.social import social_vectors_as_of
+
+    con.register("_who", pa.table({"user_id": [user]}))
+    try:
+        return social_vectors_as_of(con, "fake", as_of, "_who").get(user)
+    finally:
+        con.unregister("_who")
+
+
+def _unit(v):
+    import numpy as np
+
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_the_social_vector_is_the_decayed_mean_of_the_followees_vectors(con, fake_encoder):
+    """Follow, a followee's change reaching the follower, unfollow, time travel, rerun."""
+    import numpy as np
+
+    _catalogue(con)
+    add_event(con, "e1", "a", "click", H[0], H[0], item_id="x")
+    add_event(con, "e2", "b", "click", H[0], H[0], item_id="y")
+    add_follow(con, "f1", "u", "a", H[0], H[0])
+    add_follow(con, "f2", "u", "b", H[0], H[0])
+    _hour(con, fake_encoder, 0)
+
+    def vec(user, as_of):
+        return np.asarray(vector_as_of(con, user, as_of, "fake")[1], dtype=np.float64)
+
+    # Both followees were last active at the same time: equal weights.
+    (as_of, v, n), = _social_rows(con, "u")
+    assert (as_of, n) == (H[1], 2)
+    np.testing.assert_allclose(v, _unit(vec("a", H[1]) + vec("b", H[1])), atol=1e-6)
+    assert _social_rows(con, "a") == [] and _social_rows(con, "b") == []  # they follow nobody
+
+    # a engages with z an hour later; u did nothing, yet u's social side moves towards a, who
+    # now counts twice as much as b (24 h half-life: b's latest event is an hour older).
+    add_event(con, "e3", "a", "click", H[1] + timedelta(minutes=30), H[1], item_id="z")
+    _hour(con, fake_encoder, 1)
+    as_of, v, n = _social_rows(con, "u")[-1]
+    age_a, age_b = 0.5, 2.0
+    expected = _unit(2 ** (-age_a / 24) * vec("a", H[2]) + 2 ** (-age_b / 24) * vec("b", H[2]))
+    assert (as_of, n) == (H[2], 2)
+    np.testing.assert_allclose(v, expected, atol=1e-6)
+    rerun_before = _social_rows(con, "u")
+    _hour(con, fake_encoder, 1)  # a rerun of the hour writes the same rows
+    assert _social_rows(con, "u") == rerun_before
+
+    # An hour in which nobody u follows changes writes no social version for u.
+    _hour(con, fake_encoder, 2)
+    assert [r[0] for r in _social_rows(con, "u")] == [H[1], H[2]]
+
+    # u unfollows a: from then on the social side is b's alone; before, it was both.
+    add_follow(con, "f3", "u", "a", H[3], H[3], event_type="unfollow")
+    _hour(con, fake_encoder, 3)
+    as_of, v, n = _social_rows(con, "u")[-1]
+    assert (as_of, n) == (H[3] + timedelta(hours=1), 1)
+    np.testing.assert_allclose(v, vec("b", H[3]), atol=1e-6)
+    then, n_then = _social_as_of(con, "u", H[3])
+    np.testing.assert_allclose(then, expected, atol=1e-6)
+    assert n_then == 2
+    assert _social_as_of(con, "u", H[1] - timedelta(minutes=1)) is None  # before any follow
+
+
+def test_unfollowing_everyone_leaves_no_social_side(con, fake_encoder):
+    _catalogue(con)
+    add_event(con, "e1", "a", "click", H[0], H[0], item_id="x")
+    add_follow(con, "f1", "u", "a", H[0], H[0])
+    _hour(con, fake_encoder, 0)
+    assert _social_as_of(con, "u", H[1])[1] == 1
+    add_follow(con, "f2", "u", "a", H[1], H[1], event_type="unfollow")
+    _hour(con, fake_encoder, 1)
+    assert _social_rows(con, "u")[-1] == (H[2], None, 0)  # a version saying "none now"
+    assert _social_as_of(con, "u", H[2]) is None
+
+
+def test_the_social_taste_feature_ranks_what_the_followees_are_into(con, fake_encoder):
+    """With only the social_taste weight, u (who follows a lamp lover) is shown lamps first,
+    though nobody u follows engaged with the blue lamp itself."""
+    for item_id, title in [("shade", "lamp shade"), ("base", "lamp base"),
+                           ("hose", "garden hose"), ("rake", "garden rake"),
+                           ("light", "garden lamp hose")]:
+        add_item(con, item_id, title)
+    # (u's own item shares a word with each: only items u's interest points towards qualify)
+    add_event(con, "e1", "u", "click", H[0], H[0], item_id="light")
+    add_event(con, "e2", "a", "click", H[0], H[0], item_id="shade")
+    add_follow(con, "f1", "u", "a", H[0], H[0])
+    _use_weights(con, {"social_taste": 1.0})
+    _hour(con, fake_encoder, 0)
+    assert _list(con, "u", H[1])[:2] == ["shade", "base"]
+    _use_weights(con, {"content": 1.0})  # the user's own side alone: their garden things
+    _hour(con, fake_encoder, 0)
+    own = _list(con, "u", H[1])
+    assert own[0] == "light" and "shade" not in own[:2]

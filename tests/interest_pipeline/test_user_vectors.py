@@ -76,7 +76,8 @@ def test_versions_only_for_users_with_events_in_the_hour(con, fake_encoder):
     _embed(con, fake_encoder, H0, H1)
     update_user_vectors(con, "fake", H0, H1, HALF_LIFE)
     counts = update_user_vectors(con, "fake", H1, H2, HALF_LIFE)
-    assert counts == {"users_updated": 1, "users_without_text": 1}
+    # (u3's follow gives u3 a social version: nobody it follows has an interest yet)
+    assert counts == {"users_updated": 1, "users_without_text": 1, "social_updated": 1}
     rows = con.execute("select user_id, as_of from user_interest_vectors order by all").fetchall()
     assert rows == [("u1", H1), ("u2", H1), ("u2", H2)]
     current = con.execute(
