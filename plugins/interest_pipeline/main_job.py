@@ -35,6 +35,7 @@ from interest_pipeline.config import (
     get_settings,
     scheduler_heartbeat_timeout,
 )
+from interest_pipeline.pipeline_dag import BACKFILL_END_CONF, BACKFILL_REPROCESS_CONF
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,12 @@ def create_backfill(
                 to_date=_aware(runs[-1]),
                 max_active_runs=1,
                 reverse=False,
-                dag_run_conf=None,
+                # Where the backfill ends: the fold recomputes the later hours its runs
+                # make stale once, at its last run (stages.update_user_vectors).
+                dag_run_conf={
+                    BACKFILL_END_CONF: (runs[-1] + _run_length(dag_id)).isoformat(),
+                    BACKFILL_REPROCESS_CONF: reprocess,
+                },
                 triggering_user_name=getpass.getuser(),
                 # By default hours that already succeeded are not redone (each hour is
                 # idempotent, so redoing them would change nothing); --reprocess redoes them.
@@ -135,6 +141,11 @@ def create_backfill(
     except (AirflowException, ValueError) as exc:
         raise BackfillFailed(f"airflow could not create the backfill: {exc}") from exc
     return backfill.id
+
+
+def _run_length(dag_id: str) -> timedelta:
+    """The length of one run's interval of the DAG."""
+    return timedelta(days=1) if dag_id == DAILY_DAG_ID else timedelta(hours=1)
 
 
 def _active_backfill(dag_id: str, runs: list[datetime]) -> int:

@@ -24,6 +24,11 @@ WRITER_POOL = "duckdb_writer"
 # hourly DAG.
 BACKFILL_ONLY_RUN_TYPES = ("backfill", "manual")
 
+# The run conf of a backfill created by interest-main-job: the end of its last interval (ISO
+# 8601, UTC) and whether it redoes completed runs (stages.update_user_vectors).
+BACKFILL_END_CONF = "backfill_end"
+BACKFILL_REPROCESS_CONF = "backfill_reprocess"
+
 
 def runs_interval(run_type: str, backfill_only: bool) -> bool:
     """Whether a DAG run of this type processes its interval (``run_type``: a DagRunType
@@ -98,9 +103,19 @@ def build_pipeline_dag(
             return stages.merge_text_embeddings(data_interval_start, data_interval_end, shards)
 
         @task
-        def update_user_vectors(data_interval_start=None, data_interval_end=None) -> dict:
+        def update_user_vectors(
+            data_interval_start=None, data_interval_end=None, dag_run=None
+        ) -> dict:
             """Write a new interest-vector version for each user whose vector changed."""
-            return stages.update_user_vectors(data_interval_start, data_interval_end)
+            # A backfill made by interest-main-job says where it ends: later intervals that
+            # its hours make stale are then recomputed once, by its last run.
+            conf = (dag_run.conf if dag_run is not None else None) or {}
+            end = conf.get(BACKFILL_END_CONF)
+            return stages.update_user_vectors(
+                data_interval_start, data_interval_end,
+                backfill_end=datetime.fromisoformat(end) if end else None,
+                reprocess=bool(conf.get(BACKFILL_REPROCESS_CONF, False)),
+            )
 
         @task
         def train_ranker(data_interval_start=None, data_interval_end=None) -> dict:

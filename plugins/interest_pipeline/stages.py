@@ -188,23 +188,47 @@ def embed_new_texts(
 
 
 def update_user_vectors(
-    start: datetime, end: datetime, settings: Settings | None = None
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
+    backfill_end: datetime | None = None,
+    reprocess: bool = False,
 ) -> dict[str, Any]:
     """Fold each hour's events into versioned user interest vectors (as_of = the hour's end).
 
     Out-of-order history: if the interval's versions changed and later intervals were already
     processed, their versions were built on a stale state, so they and their recommendations
-    are recomputed here, oldest first (once, after the interval's last hour). The tables then
-    equal what in-order processing gives.
+    are recomputed, oldest first, after the interval's last hour. The tables then equal what
+    in-order processing gives.
+
+    Inside a backfill (``backfill_end``: the end of its last run; ``reprocess``: it redoes
+    completed runs too) that recomputation waits while the backfill's next run is still to
+    come: the point from which processed intervals are stale is kept in ``fold_pending``
+    and the backfill's last run recomputes them once, so N late intervals behind processed
+    hours cost one recomputation of those hours, not N. Any later run that finds the marker
+    first brings the stale intervals before it up to date (a backfill that stopped half way
+    leaves nothing stale behind for good).
     """
-    from interest_pipeline import embeddings, recommendations, user_vectors
+    from interest_pipeline import embeddings, user_vectors
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
     model_id, _ = embeddings.resolve_model(s.model)
     start, end = to_utc_naive(start), to_utc_naive(end)
+    backfill_end = to_utc_naive(backfill_end) if backfill_end is not None else None
     with open_warehouse(s.warehouse_path) as con:
         _warn_if_model_changed(con, model_id)
+        con.execute(FOLD_PENDING_DDL)
+        pending = _pending(con, model_id)
+        started = time.perf_counter()
+        caught_up = 0
+        if pending is not None and pending < start:
+            # A backfill left processed intervals stale from `pending` on: first those
+            # before this interval, so that it folds onto an up-to-date state.
+            behind = [iv for iv in _later_intervals(con, pending) if iv[0] < start]
+            _recompute(con, model_id, behind, s)
+            caught_up = len(behind)
+        catch_up_seconds = round(time.perf_counter() - started, 3)
         changed = False
 
         def fold_hour(h_start: datetime, h_end: datetime) -> dict[str, Any]:
@@ -217,32 +241,91 @@ def update_user_vectors(
             return hour
 
         result = _hour_by_hour("fold", start, end, fold_hour)
-        later = _later_intervals(con, end) if changed else []
-        if later:
+        # Later processed intervals are stale if this one changed, or if they already were.
+        stale = changed or (pending is not None and pending < end)
+        later = _later_intervals(con, end) if stale else []
+        defer = bool(later) and backfill_end is not None and end < backfill_end and (
+            reprocess or not _is_processed(con, end)
+        )
+        started = time.perf_counter()
+        if defer:
+            _set_pending(con, model_id, end)
+            log.info(
+                "interval [%s, %s) changed; %d later interval(s) are recomputed once, at the "
+                "end of the backfill (%s)", start, end, len(later), backfill_end,
+            )
+            later = []
+        elif later:
             log.warning(
                 "interval [%s, %s) changed after %d later interval(s) were processed; "
                 "recomputing their vectors and recommendations (%s .. %s)",
                 start, end, len(later), later[0][0], later[-1][1],
             )
-            started = time.perf_counter()
-            for i, (later_start, later_end) in enumerate(later, start=1):
-                user_vectors.update_user_vectors(
-                    con, model_id, later_start, later_end, s.half_life_hours
-                )
-                recommendations.write_recommendations(
-                    con, model_id, later_start, later_end, s.top_n,
-                    s.half_life_hours, s.evidence_events,
-                )
-                if i % 24 == 0 or i == len(later):
-                    log.info("recomputed %d/%d later intervals", i, len(later))
-            # The recomputation is this task's work: run stats count it on the last hour.
-            seconds = round(time.perf_counter() - started, 3)
-            result["fold_seconds"] += seconds
-            if "per_hour" in result:
-                last = result["per_hour"][(end - HOUR).isoformat()]
-                last["fold_seconds"] += seconds
-        result["later_intervals_recomputed"] = len(later)
+            _recompute(con, model_id, later, s)
+            _set_pending(con, model_id, None)
+        elif pending is not None and pending < end:
+            _set_pending(con, model_id, None)  # nothing processed after this interval
+        # The recomputation is this task's work: run stats count it on the last hour.
+        seconds = round(time.perf_counter() - started, 3) + catch_up_seconds
+        result["fold_seconds"] += seconds
+        if "per_hour" in result:
+            last = result["per_hour"][(end - HOUR).isoformat()]
+            last["fold_seconds"] += seconds
+        result["later_intervals_recomputed"] = len(later) + caught_up
+        result["later_recompute_deferred"] = defer
         return result
+
+
+FOLD_PENDING_DDL = """
+create table if not exists fold_pending (
+    model_id varchar not null,
+    stale_from timestamp not null  -- processed intervals starting here or later are stale
+);
+"""
+
+
+def _pending(con: Any, model_id: str) -> datetime | None:
+    """Where a deferred recomputation starts (see :func:`update_user_vectors`), if any."""
+    from interest_pipeline.warehouse import fetch_one
+
+    row = fetch_one(con, "select min(stale_from) from fold_pending where model_id = ?",
+                    [model_id])
+    return row[0] if row else None
+
+
+def _set_pending(con: Any, model_id: str, stale_from: datetime | None) -> None:
+    from interest_pipeline.warehouse import transaction
+
+    with transaction(con):
+        con.execute("delete from fold_pending where model_id = ?", [model_id])
+        if stale_from is not None:
+            con.execute("insert into fold_pending values (?, ?)", [model_id, stale_from])
+
+
+def _is_processed(con: Any, start: datetime) -> bool:
+    """Whether the interval starting at ``start`` has a run-stats row."""
+    from interest_pipeline.warehouse import fetch_one
+
+    row = fetch_one(con, "select count(*) from pipeline_runs where interval_start = ?", [start])
+    return bool(row and row[0])
+
+
+def _recompute(
+    con: Any, model_id: str, intervals: list[tuple[datetime, datetime]], s: Settings
+) -> None:
+    """Recompute the vectors and recommendations of processed intervals, oldest first."""
+    from interest_pipeline import recommendations, user_vectors
+
+    for i, (later_start, later_end) in enumerate(intervals, start=1):
+        user_vectors.update_user_vectors(
+            con, model_id, later_start, later_end, s.half_life_hours
+        )
+        recommendations.write_recommendations(
+            con, model_id, later_start, later_end, s.top_n,
+            s.half_life_hours, s.evidence_events,
+        )
+        if i % 24 == 0 or i == len(intervals):
+            log.info("recomputed %d/%d later intervals", i, len(intervals))
 
 
 def _versions_checksum(con: Any, model_id: str, as_of: datetime) -> tuple | None:

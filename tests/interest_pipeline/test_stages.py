@@ -35,9 +35,11 @@ def _warehouse(path, fake_encoder):
     con.close()
 
 
-def _process(settings, hour):
+def _process(settings, hour, **backfill):
+    """One hour as a DAG run does it (``backfill``: the conf of a main-job backfill); the
+    fold's result."""
     end = hour + timedelta(hours=1)
-    stages.update_user_vectors(hour, end, settings)
+    result = stages.update_user_vectors(hour, end, settings, **backfill)
     stages.write_recommendations(hour, end, settings)
     # what record_run_stats leaves behind that the cascade relies on: the interval was processed
     con = connect(settings.warehouse_path)
@@ -50,6 +52,7 @@ def _process(settings, hour):
         [hour, end],
     )
     con.close()
+    return result
 
 
 def _outputs(path):
@@ -95,6 +98,39 @@ def test_a_changed_earlier_hour_recomputes_every_later_processed_hour(settings_f
         _process(settings, hour)
     result = stages.update_user_vectors(H[0], H[1], settings)
     assert result["later_intervals_recomputed"] == 3
+
+
+def test_a_late_backfill_recomputes_each_later_hour_once_and_converges(settings_for):
+    """Issue 15: N late hours behind processed ones recompute those once per backfill, not
+    once per run: the backfill's runs defer it to its last run."""
+    in_order = settings_for("in_order")
+    for hour in H[:4]:
+        _process(in_order, hour)
+
+    late = settings_for("late")
+    for hour in H[2:4]:
+        _process(late, hour)
+    end = H[2]  # the backfill of hours 0-1 ends where the processed hours start
+    first = _process(late, H[0], backfill_end=end)
+    last = _process(late, H[1], backfill_end=end)
+    assert (first["later_intervals_recomputed"], first["later_recompute_deferred"]) == (0, True)
+    assert (last["later_intervals_recomputed"], last["later_recompute_deferred"]) == (2, False)
+    assert _outputs(late.warehouse_path) == _outputs(in_order.warehouse_path)
+
+
+def test_a_backfill_that_stops_half_way_leaves_nothing_stale_for_the_next_run(settings_for):
+    in_order = settings_for("in_order")
+    for hour in H[:5]:
+        _process(in_order, hour)
+
+    late = settings_for("late")
+    for hour in H[1:4]:
+        _process(late, hour)
+    # a reprocessing backfill of hours 0-1 whose second run never comes
+    assert _process(late, H[0], backfill_end=H[2], reprocess=True)["later_recompute_deferred"]
+    # the next scheduled hour brings hours 1-3 up to date first, then folds onto them
+    assert _process(late, H[4])["later_intervals_recomputed"] == 3
+    assert _outputs(late.warehouse_path) == _outputs(in_order.warehouse_path)
 
 
 def test_an_interval_is_split_into_its_hours_even_from_airflows_pendulum_datetimes():
