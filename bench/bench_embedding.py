@@ -36,6 +36,9 @@ FLOP_PER_TOKEN = 21e6
 AGREEMENT_FLOOR = 0.99
 # Largest component change between batchings a backend may show (float32: about 2e-7).
 MAX_BATCH_DRIFT = 1e-5
+# The ONNX Runtime float32 path replaces torch only if its vectors are the same (issue 15):
+# min cosine >= this, and batch drift no larger than float32 torch's own.
+ONNX_AGREEMENT_FLOOR = 0.9999
 
 
 def matmul_rate(size: int = 2048, seconds: float = 3.0) -> dict[str, Any]:
@@ -95,7 +98,8 @@ def _encode(model: Any, texts: list[str], batch_size: int) -> Any:
 
 
 def _backends(model: Any, load_path: str, texts: list[str], batch_size: int) -> dict[str, Any]:
-    """float32 torch (reference), int8 dynamic quantisation, bf16, ONNX and OpenVINO."""
+    """float32 torch (reference), int8 dynamic quantisation, bf16 and OpenVINO (ONNX Runtime:
+    see :func:`_onnx_backends`)."""
     import torch
 
     out: dict[str, Any] = {}
@@ -131,7 +135,7 @@ def _backends(model: Any, load_path: str, texts: list[str], batch_size: int) -> 
 
     measure("bf16 (torch autocast)", bf16)
 
-    for backend in ("onnx", "openvino"):
+    for backend in ("openvino",):
         def load_and_encode(t: list[str], backend: str = backend) -> Any:
             from sentence_transformers import SentenceTransformer
 
@@ -166,6 +170,121 @@ def _batch_drift(encode: Any, texts: list[str], vectors: Any) -> float:
     step = max(1, len(texts) // 3)
     again = np.concatenate([encode(texts[i : i + step]) for i in range(0, len(texts), step)])
     return float(np.abs(np.asarray(vectors) - again).max())
+
+
+def _interleaved(encoders: dict[str, Any], texts: list[str], rounds: int = 3) -> dict[str, Any]:
+    """Median seconds of each encoder on ``texts``, taking turns so that all see the same load
+    (the machine is shared), and the vectors of the last round."""
+    seconds: dict[str, list[float]] = {name: [] for name in encoders}
+    vectors: dict[str, Any] = {}
+    for encode in encoders.values():
+        encode(texts[:32])  # warm-up
+    for _ in range(rounds):
+        for name, encode in encoders.items():
+            took, vectors[name] = timed(encode, texts)
+            seconds[name].append(took)
+    return {name: {"seconds": median(seconds[name]), "all_seconds": seconds[name],
+                   "vectors": vectors[name]} for name in encoders}
+
+
+def _onnx_backends(
+    model: Any, model_id: str, load_path: str, texts: list[str], batch_size: int,
+    cache: Path, flops: float,
+) -> dict[str, Any]:
+    """The ONNX Runtime backends (interest_pipeline.onnx_encoder) against bare encode, and
+    length-bucketed batching for both.
+
+    Export and load are timed in ``cache``, a fresh folder: the first use exports (and int8
+    quantises), a second encoder in the same folder only loads.
+    """
+    import numpy as np
+
+    from interest_pipeline.embeddings import encode_length_sorted, length_sorted_batches
+    from interest_pipeline.onnx_encoder import OnnxEncoder
+
+    shutil.rmtree(cache, ignore_errors=True)
+    export_seconds, onnx = timed(OnnxEncoder, model_id, load_path, batch_size, cache)
+    load_seconds, onnx = timed(OnnxEncoder, model_id, load_path, batch_size, cache)
+    quantise_seconds, int8 = timed(
+        OnnxEncoder, model_id, load_path, batch_size, cache, quantized=True
+    )
+
+    def bare(t: list[str]) -> Any:
+        return _encode(model, t, batch_size)
+
+    def batched(encode_batch: Any, batches: list[Any], t: list[str]) -> Any:
+        out = np.zeros((len(t), model.get_embedding_dimension()), dtype=np.float32)
+        for batch in batches:
+            out[batch] = encode_batch([t[i] for i in batch])
+        return out
+
+    def in_order(t: list[str]) -> list[Any]:
+        return [np.arange(i, min(i + batch_size, len(t))) for i in range(0, len(t), batch_size)]
+
+    def torch_bucketed(t: list[str]) -> Any:
+        # The torch backend's batching: each token-length bucket is one encode() call, so
+        # encode's own character sort inside changes nothing.
+        return encode_length_sorted(model, t, batch_size, lambda b: _encode(model, b, len(b)))
+
+    def onnx_in_order(t: list[str]) -> Any:
+        return batched(onnx._encode_batch, in_order(t), t)
+
+    encoders = {"torch": bare, "onnx": onnx.encode, "onnx-int8": int8.encode,
+                "torch bucketed": torch_bucketed, "onnx in order": onnx_in_order}
+    timings = _interleaved(encoders, texts)
+    reference = timings["torch"]["vectors"]
+    tokens = int(model.tokenize(texts)["attention_mask"].sum())
+    # Work done whatever the load: tokens the model runs on once each batch is padded.
+    lengths = np.array([len(row) for row in model.tokenizer(texts, truncation=True)["input_ids"]])
+    by_characters = np.argsort([-len(t) for t in texts], kind="stable")
+    padded = {
+        name: int(sum(len(b) * lengths[b].max() for b in batches))
+        for name, batches in (
+            ("input order", in_order(texts)),
+            ("character sort", [by_characters[i : i + batch_size]
+                                for i in range(0, len(texts), batch_size)]),
+            ("token sort", length_sorted_batches(model.tokenizer, texts, batch_size)),
+        )
+    }
+    out: dict[str, Any] = {
+        "padded_tokens": padded,
+        "export_seconds": export_seconds, "load_seconds": load_seconds,
+        "quantise_seconds": quantise_seconds - load_seconds, "tokens": tokens,
+        "files": {p.name: p.stat().st_size for p in sorted(cache.iterdir())},
+    }
+    for name, timing in timings.items():
+        out[name] = {
+            "texts_per_s": len(texts) / timing["seconds"],
+            "seconds": timing["all_seconds"],
+            "flop_share": tokens / timing["seconds"] * FLOP_PER_TOKEN / flops,
+            "agreement": _cosine_agreement(reference, timing["vectors"]),
+            "batch_drift": _batch_drift(encoders[name], texts, timing["vectors"]),
+        }
+    torch_rate, torch_drift = out["torch"]["texts_per_s"], out["torch"]["batch_drift"]
+    for name, floor in (("onnx", ONNX_AGREEMENT_FLOOR), ("onnx-int8", AGREEMENT_FLOOR)):
+        result = out[name]
+        result["speedup"] = result["texts_per_s"] / torch_rate
+        result["agrees"] = result["agreement"]["min"] >= floor
+        result["stable"] = result["batch_drift"] <= torch_drift
+        result["verdict"] = _onnx_verdict(name, result, floor, torch_drift)
+    return out
+
+
+def _onnx_verdict(name: str, result: dict[str, Any], floor: float, torch_drift: float) -> str:
+    """Issue 15's rule: float32 ONNX is adopted if faster than bare encode with min cosine
+    >= 0.9999 and batch drift <= float32 torch's; int8 is only reported (an eval decides)."""
+    from interest_pipeline.embeddings import DEFAULT_BACKEND
+
+    if not result["agrees"]:
+        return f"not adopted: min cosine < {floor}"
+    if result["speedup"] <= 1.0:
+        return "agrees, but not faster than bare encode: not adopted"
+    if not result["stable"]:
+        return f"agrees and faster, but drifts more than float32 torch ({torch_drift:.1e})"
+    if name == "onnx-int8":
+        return "agrees and faster: adoptable only after an eval (off by default)"
+    adopted = "the default" if DEFAULT_BACKEND == name else "adoptable, not the default"
+    return f"agrees, faster, drift at float32 level: {adopted}"
 
 
 def _verdict(result: dict[str, Any]) -> str:
@@ -274,6 +393,44 @@ def run(args: Any) -> Section:
                  ": " + _verdict(result),
         )
 
+    # ONNX Runtime (float32, int8) against bare encode on the same 800 texts, taking turns.
+    onnx = _onnx_backends(encoder.model, embeddings.resolve_model(settings.model, "onnx")[0],
+                          load_path, texts[:800], batch, WORK_DIR / "onnx-cache", mm["flops"])
+    torch_row = onnx["torch"]
+    for name in ("onnx", "onnx-int8"):
+        result = onnx[name]
+        label = "float32" if name == "onnx" else "int8, dynamic per-channel"
+        section.add(
+            f"backend {name} (ONNX Runtime {label}), texts/s", round(result["texts_per_s"], 1),
+            "texts/s", baseline=round(torch_row["texts_per_s"], 1),
+            baseline_metric="bare SentenceTransformer.encode (taking turns)",
+            note=f"{result['flop_share']:.0%} of the FLOP ceiling (encode "
+                 f"{torch_row['flop_share']:.0%}); cosine vs float32 min "
+                 f"{result['agreement']['min']:.6f} mean {result['agreement']['mean']:.6f}; "
+                 f"other batching moves it {result['batch_drift']:.1e} (float32 torch "
+                 f"{torch_row['batch_drift']:.1e}): {result['verdict']}",
+        )
+    section.add("onnx export at first use (once per data dir)", round(onnx["export_seconds"], 2),
+                "s", baseline=round(onnx["load_seconds"], 2),
+                baseline_metric="onnx load from the cache",
+                note=f"int8 quantisation {onnx['quantise_seconds']:.2f} s more; files "
+                     + ", ".join(f"{size / 1e6:.0f} MB" for size in onnx["files"].values()))
+    padded = onnx["padded_tokens"]
+    for name, plain, label, before in (
+        ("torch bucketed", "torch", "encode's own character sort", "character sort"),
+        ("onnx", "onnx in order", "onnx in input order", "input order"),
+    ):
+        result = onnx[name]
+        section.add(
+            f"length-bucketed batching, {plain.split()[0]}, texts/s",
+            round(result["texts_per_s"], 1), "texts/s",
+            baseline=round(onnx[plain]["texts_per_s"], 1), baseline_metric=label,
+            note=f"token-length sorted batches of {batch}: {padded['token sort']} padded tokens "
+                 f"({padded[before]} by {before}, {onnx['tokens']} real); vectors vs float32 "
+                 f"min cosine {result['agreement']['min']:.6f}, other batching moves them "
+                 f"{result['batch_drift']:.1e}",
+        )
+
     # Finish the seed hour (fold, recommend, stats) so later sections can copy it.
     run_hour(settings, start, ("fold", "recommend"))
     (seed / "ready").write_text("ok")
@@ -284,6 +441,7 @@ def run(args: Any) -> Section:
         "step_seconds": step,
         "matmul": mm,
         "backends": backends,
+        "onnx": onnx,
         "rerun_seconds": rerun_seconds,
         "texts_per_s_by_torch_threads": by_threads,
     }

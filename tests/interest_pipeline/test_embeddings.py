@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interest_pipeline import onnx_encoder
 from interest_pipeline.config import DEFAULT_MODEL_ID
 from interest_pipeline.embeddings import (
+    SentenceTransformerEncoder,
     embed_new_texts,
     embed_text_shard,
+    length_sorted_batches,
+    load_encoder,
     merge_text_shards,
     resolve_model,
     write_text_shards,
@@ -144,3 +148,201 @@ def test_a_shard_is_encoded_only_with_the_model_it_was_planned_for(con, fake_enc
     with pytest.raises(ValueError, match="same INTEREST_MODEL"):
         embed_text_shard(shard, "other-model", lambda: fake_encoder)
     assert not list((tmp_path / "shards").glob("vectors-*"))
+
+
+# Backends: torch (SentenceTransformer.encode), onnx (ONNX Runtime float32), onnx-int8.
+
+
+def test_an_unknown_backend_fails_naming_the_allowed_ones(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTEREST_EMBEDDING_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="must be one of torch, onnx, onnx-int8, not 'bogus'"):
+        load_encoder("default", 64, tmp_path)
+    with pytest.raises(ValueError, match="INTEREST_EMBEDDING_BACKEND"):
+        resolve_model("default")
+
+
+def test_int8_vectors_have_a_model_id_of_their_own(monkeypatch):
+    assert resolve_model("default", "onnx")[0] == resolve_model("default", "torch")[0]
+    assert resolve_model("default", "onnx-int8")[0] == DEFAULT_MODEL_ID + "#onnx-int8"
+    assert resolve_model("/models/custom", "onnx-int8") == (
+        "/models/custom#onnx-int8", "/models/custom"
+    )
+    monkeypatch.setenv("INTEREST_EMBEDDING_BACKEND", "onnx-int8")
+    assert resolve_model("default")[0] == DEFAULT_MODEL_ID + "#onnx-int8"
+
+
+class _WordTokenizer:
+    """Tokens = words + 2 special tokens, like a BERT tokenizer's count."""
+
+    def __call__(self, texts, truncation, add_special_tokens):
+        return {"input_ids": [[0] * (len(t.split()) + 2) for t in texts]}
+
+
+def test_length_sorted_batches_cover_every_text_once_longest_first():
+    texts = ["a", "a b c", "", "a b", "a b c", "a b c d e", "b"]
+    batches = length_sorted_batches(_WordTokenizer(), texts, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    order = np.concatenate(batches).tolist()
+    assert sorted(order) == list(range(len(texts)))
+    lengths = [len(texts[i].split()) for i in order]
+    assert lengths == sorted(lengths, reverse=True)
+    assert order[1:3] == [1, 4]  # equal lengths keep input order: the same texts, same batches
+    assert length_sorted_batches(_WordTokenizer(), [], 3) == []
+
+
+def test_a_failed_write_leaves_no_file_under_the_cache_name(tmp_path):
+    target = tmp_path / "cache" / "model.onnx"
+
+    def killed_half_way(tmp):
+        tmp.write_bytes(b"half a graph")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        onnx_encoder._write_atomically(target, killed_half_way)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+    onnx_encoder._write_atomically(target, lambda tmp: tmp.write_bytes(b"graph"))
+    assert target.read_bytes() == b"graph"
+    assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]
+
+
+# The real model (slow): one export per session, in a shared cache folder.
+
+_WORDS = "the quick brown fox jumps over a lazy dog while pixar films and crime novels sell".split()
+
+
+def _varied_texts():
+    rng = np.random.default_rng(7)
+    texts = ["", " ", "a", "?", "Heat", "Toy Story", "pixar films", "WHITE HANGING HEART T-LIGHT",
+             "crème brûlée, 12 €", "日本語のテキスト", "\n\ttabs and newlines\n"]
+    texts += [" ".join(rng.choice(_WORDS, size=n)) for n in (3, 8, 15, 30, 60, 120, 200)]
+    texts += [" ".join(rng.choice(_WORDS, size=256)), " ".join(rng.choice(_WORDS, size=400))]
+    texts += [f"item {i}: " + " ".join(rng.choice(_WORDS, size=int(rng.integers(1, 40))))
+              for i in range(20)]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """A cache folder holding the default model's export, made once for these tests."""
+    folder = tmp_path_factory.mktemp("onnx") / "models" / "onnx"
+    model_id, path = resolve_model("default", "onnx")
+    encoder = onnx_encoder.OnnxEncoder(model_id, path, 16, folder)
+    return folder, encoder
+
+
+@pytest.fixture(scope="module")
+def torch_encoder():
+    return SentenceTransformerEncoder(resolve_model("default", "torch")[1], 16)
+
+
+class _BareEncode:
+    """SentenceTransformer.encode as it comes: the reference every backend must reproduce."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, texts):
+        return self.model.encode(list(texts), batch_size=16, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def reference_encoder(torch_encoder):
+    return _BareEncode(torch_encoder.model)
+
+
+@pytest.mark.slow
+def test_torch_length_buckets_keep_sentence_transformers_vectors(torch_encoder, reference_encoder):
+    texts = _varied_texts()
+    vectors = torch_encoder.encode(texts)
+    reference = reference_encoder.encode(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    assert np.abs(vectors - reference).max() < 1e-5  # float32 level: another batching only
+    np.testing.assert_allclose(torch_encoder.encode(texts[::-1])[::-1], vectors, atol=1e-5)
+    assert torch_encoder.encode([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_onnx_vectors_equal_sentence_transformers(onnx_cache, reference_encoder):
+    _, encoder = onnx_cache
+    texts = _varied_texts()
+    vectors = encoder.encode(texts)
+    reference = reference_encoder.encode(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape == (len(texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.sum(vectors * reference, axis=1).min() >= 0.9999
+    # In input order: every row is its own text's vector, whatever the batching.
+    alone = np.concatenate([encoder.encode([t]) for t in texts])
+    assert np.sum(vectors * alone, axis=1).min() >= 0.9999
+    reversed_vectors = encoder.encode(texts[::-1])
+    np.testing.assert_allclose(reversed_vectors[::-1], vectors, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_the_export_is_cached_for_later_encoders(onnx_cache, monkeypatch):
+    folder, first = onnx_cache
+    (cached,) = folder.glob("*.onnx")
+    assert first.path == cached
+    mtime = cached.stat().st_mtime_ns
+
+    def must_not_export(model, path):
+        raise AssertionError("exported again although the cache holds the graph")
+
+    monkeypatch.setattr(onnx_encoder, "export_onnx", must_not_export)
+    model_id, path = resolve_model("default", "onnx")
+    second = onnx_encoder.OnnxEncoder(model_id, path, 16, folder)
+    assert second.path == cached and cached.stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(second.encode(["Toy Story"]), first.encode(["Toy Story"]))
+
+
+@pytest.mark.slow
+def test_a_half_written_temp_file_is_never_loaded(onnx_cache, tmp_path, monkeypatch):
+    good_folder, first = onnx_cache
+    folder = tmp_path / "models" / "onnx"
+    folder.mkdir(parents=True)
+    # What a process killed during its export leaves: a temp file named after the graph.
+    stale = folder / f".{first.path.name}.k1ll3d.partial"
+    stale.write_bytes(b"\x08\x07half a graph")
+    exports = []
+
+    def copy_export(model, path):
+        exports.append(path)
+        path.write_bytes(first.path.read_bytes())
+
+    monkeypatch.setattr(onnx_encoder, "export_onnx", copy_export)
+    model_id, path = resolve_model("default", "onnx")
+    encoder = onnx_encoder.OnnxEncoder(model_id, path, 16, folder)
+    assert len(exports) == 1 and exports[0].parent == folder and exports[0] != stale
+    assert encoder.path == folder / first.path.name
+    np.testing.assert_array_equal(encoder.encode(["Heat"]), first.encode(["Heat"]))
+    assert stale.read_bytes() == b"\x08\x07half a graph"  # another process's file: left alone
+
+
+@pytest.mark.slow
+def test_the_backend_setting_selects_the_encoder(onnx_cache, monkeypatch):
+    folder, _ = onnx_cache
+    data_dir = folder.parent.parent
+    monkeypatch.setenv("INTEREST_EMBEDDING_BACKEND", "onnx")
+    encoder = load_encoder("default", 16, data_dir)
+    assert isinstance(encoder, onnx_encoder.OnnxEncoder)
+    assert encoder.path.parent == folder
+    monkeypatch.setenv("INTEREST_EMBEDDING_BACKEND", "torch")
+    assert isinstance(load_encoder("default", 16, data_dir), SentenceTransformerEncoder)
+
+
+@pytest.mark.slow
+def test_int8_is_quantised_beside_the_float32_export(onnx_cache, reference_encoder):
+    folder, first = onnx_cache
+    model_id, path = resolve_model("default", "onnx")
+    int8 = onnx_encoder.OnnxEncoder(model_id, path, 16, folder, quantized=True)
+    assert int8.path.parent == folder and int8.path != first.path
+    assert int8.path.name.startswith(first.path.stem + "-int8-")
+    assert int8.path.stat().st_size < first.path.stat().st_size  # int8 weights (not the vocab)
+    texts = _varied_texts()
+    vectors = int8.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Close to float32, not equal: why its vectors get a model_id of their own.
+    assert np.sum(vectors * reference_encoder.encode(texts), axis=1).mean() >= 0.9
