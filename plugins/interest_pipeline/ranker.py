@@ -300,13 +300,14 @@ def _cutoff_examples(
     if not len(ctx.item_ids):
         return 0
     cosines = vectors_to_numpy(vectors.column("vector")) @ ctx.item_vecs.T
+    interests = ctx.interests(users)
     ranked = [k for k, name in enumerate(FEATURES) if name != "new_item"]
     added = 0
     for i, user in enumerate(users):
         if not ctx.has_taste(user):
             continue
         # A feature the score may not use cannot be fitted either.
-        feats = ctx.features(user, cosines[i]) * feature_mask()[:, None]
+        feats = ctx.features(user, cosines[i], interests[i]) * feature_mask()[:, None]
         allowed = np.zeros(len(ctx.item_ids))
         ctx.mask(user, allowed, cosines[i])
         ok = np.isfinite(allowed)

@@ -51,12 +51,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from interest_pipeline.social import social_evidence, social_signal, social_vectors_as_of
-from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay
+from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay, embeddings_of
 from interest_pipeline.warehouse import (
     insert_arrow,
     query_arrow,
@@ -77,6 +78,9 @@ CONSUMED_EVENT_TYPES = ("purchase", "rate")
 EVIDENCE_PER_ITEM = 3
 # Users scored per matrix multiply: bounds memory at block x items floats.
 _USER_BLOCK = 1024
+# Distinct texts compared with the catalogue per matrix product of the several-interests term:
+# bounds its float64 block (texts x items) to about 100 MB at 6,000 items.
+_TEXT_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ def _evidence_contributions(
     return query_arrow(
         con,
         f"""
-        select contributions.*, items.title
+        select contributions.* exclude (embedding), items.title
         from ({inner}) as contributions
         left join items
             on contributions.text_kind = 'item' and contributions.item_id = items.item_id
@@ -217,17 +221,17 @@ def _evidence_for(
     if len(contrib_coef) == 0:
         return [[] for _ in range(len(items))]
     pull = (contrib_vectors @ items.T) * contrib_coef[:, None]  # contributions x items
-    out = []
-    for j in range(items.shape[0]):
-        order = np.argsort(-pull[:, j], kind="stable")[:EVIDENCE_PER_ITEM]
-        out.append(
-            [
-                {**contrib_meta[k], "contribution": round(float(pull[k, j]), 4)}
-                for k in order
-                if pull[k, j] > 0
-            ]
-        )
-    return out
+    # The strongest contributions of every item at once (stable: ties keep event order).
+    order = np.argsort(-pull, axis=0, kind="stable")[:EVIDENCE_PER_ITEM]
+    strongest = np.take_along_axis(pull, order, axis=0).tolist()
+    return [
+        [
+            {**contrib_meta[k], "contribution": round(value, 4)}
+            for k, value in zip(ks, values, strict=True)
+            if value > 0
+        ]
+        for ks, values in zip(order.T.tolist(), np.asarray(strongest).T.tolist(), strict=True)
+    ]
 
 
 def write_recommendations(
@@ -445,10 +449,13 @@ class _Context:
             con.unregister("_rec_items")
 
         ev_users = rows.column("user_id").to_numpy(zero_copy_only=False)
-        self.ev_text = (
-            pc.dictionary_encode(rows.column("text_hash").combine_chunks()).indices.to_numpy()
+        # Each distinct text's embedding once (text_vecs), and per contribution its text
+        # (ev_text): the latest events of many users repeat the same documents.
+        texts = pc.dictionary_encode(rows.column("text_hash").combine_chunks())
+        self.ev_text = texts.indices.to_numpy()
+        self.text_vecs = embeddings_of(
+            con, model_id, texts.dictionary.to_pylist(), self.item_vecs.shape[1]
         )
-        self.ev_vecs = vectors_to_numpy(rows.column("embedding"))
         ev_times = rows.column("event_at").to_numpy().astype("datetime64[us]")
         ages = (np.datetime64(interval_end, "us") - ev_times) / np.timedelta64(1, "h")
         self.ev_coef = rows.column("weight").to_numpy(zero_copy_only=False) * decay(
@@ -484,27 +491,61 @@ class _Context:
         lo, hi = self.ev_bounds.get(user, (0, 0))
         return bool((self.ev_coef[lo:hi] > 0).any())
 
-    def features(self, user: str, cosines: np.ndarray) -> np.ndarray:
-        """The user's features over the catalogue, shape (len(FEATURES), items)."""
+    def interests(self, users: Sequence[str]) -> np.ndarray:
+        """The several-interests term of each of ``users`` over the catalogue, (users, items).
+
+        Computed for a block of users at once: every distinct text among their positive
+        contributions is compared with the catalogue once, in a few large matrix products,
+        and each user's power mean is a sparse weighted sum of those rows. Contributions of
+        the same text (a venue visited again, a search repeated, an item many users engaged
+        with) have the same embedding, so their terms merge with the summed importance: the
+        same power mean at the cost of the block's distinct texts, not of its events.
+        """
+        import numpy as np
+        import scipy.sparse as sp
+
+        p = self.config.interests_power
+        n_items = len(self.item_ids)
+        rows, texts, weights = [], [], []
+        totals = np.zeros(len(users), dtype=np.float64)
+        for i, user in enumerate(users):
+            lo, hi = self.ev_bounds.get(user, (0, 0))
+            coef = self.ev_coef[lo:hi]
+            positive = coef > 0
+            if positive.any():
+                rows.append(np.full(int(positive.sum()), i))
+                texts.append(self.ev_text[lo:hi][positive])
+                weights.append(coef[positive])
+                totals[i] = coef[positive].sum()
+        out = np.zeros((len(users), n_items), dtype=np.float64)
+        if not rows or not n_items:
+            return out
+        distinct, column = np.unique(np.concatenate(texts), return_inverse=True)
+        importance = sp.csr_matrix(
+            (np.concatenate(weights), (np.concatenate(rows), column)),
+            shape=(len(users), len(distinct)),
+        )  # duplicates summed: one column per distinct text
+        for lo in range(0, len(distinct), _TEXT_BLOCK):
+            block = distinct[lo : lo + _TEXT_BLOCK]
+            sims = np.maximum(self.text_vecs[block] @ self.item_vecs.T, 0.0)
+            out += importance[:, lo : lo + len(block)] @ _power(sims, p)
+        has = totals > 0
+        out[has] = (out[has] / totals[has, None]) ** (1.0 / p)
+        return out
+
+    def features(
+        self, user: str, cosines: np.ndarray, interests: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The user's features over the catalogue, shape (len(FEATURES), items);
+        ``interests``: the user's row of :meth:`interests` when computed for a block."""
         import numpy as np
 
         lo, hi = self.ev_bounds.get(user, (0, 0))
-        coef, vecs = self.ev_coef[lo:hi], self.ev_vecs[lo:hi]
+        coef = self.ev_coef[lo:hi]
         out = np.zeros((len(FEATURES), len(self.item_ids)), dtype=np.float64)
         out[0] = cosines
         positive = coef > 0
-        if positive.any():
-            c = coef[positive]
-            # Contributions of the same text (a venue visited again, a search repeated) have
-            # the same embedding, so their terms merge into one with the summed importance:
-            # the same power mean at the cost of the distinct texts, not of the events.
-            _, first, inverse = np.unique(
-                self.ev_text[lo:hi][positive], return_index=True, return_inverse=True
-            )
-            merged = np.bincount(inverse, weights=c)
-            sims = np.maximum(vecs[positive][first] @ self.item_vecs.T, 0.0)
-            p = self.config.interests_power
-            out[1] = ((merged @ _power(sims, p)) / c.sum()) ** (1.0 / p)
+        out[1] = self.interests([user])[0] if interests is None else interests
         out[2] = self.prior
         if user in self.behaviour:
             out[3] = self.behaviour[user]
@@ -567,7 +608,8 @@ class _Context:
         """Evidence for the user's recommended items (see :func:`_evidence_for`)."""
         lo, hi = self.ev_bounds.get(user, (0, 0))
         own = _evidence_for(
-            self.item_vecs[top], self.ev_vecs[lo:hi], self.ev_coef[lo:hi], self.ev_meta[lo:hi]
+            self.item_vecs[top], self.text_vecs[self.ev_text[lo:hi]], self.ev_coef[lo:hi],
+            self.ev_meta[lo:hi],
         )
         people = self.social_people.get(user)
         if not people:
@@ -615,11 +657,12 @@ def recommend(
         n = min(top_n, len(ctx.item_ids))
         for block in range(0, len(users), _USER_BLOCK):
             cosines = user_vecs[block : block + _USER_BLOCK] @ ctx.item_vecs.T
+            interests = ctx.interests(users[block : block + _USER_BLOCK])
             for i in range(cosines.shape[0]):
                 user = users[block + i]
                 if not (ctx.has_taste(user) or ctx.has_social(user)):
                     continue
-                feats = ctx.features(user, cosines[i])
+                feats = ctx.features(user, cosines[i], interests[i])
                 row = weights @ feats
                 ctx.mask(user, row, cosines[i])
                 # Stable sort on (-score, item order) keeps ties deterministic across reruns.

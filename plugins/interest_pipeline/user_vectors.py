@@ -129,13 +129,16 @@ def _write_interest_versions(
     import pyarrow as pa
     import scipy.sparse as sp
 
+    # The contributions without their embeddings, then each distinct text's embedding once:
+    # a busy hour repeats the same items' documents many times, and the embeddings are the
+    # widest column by far.
     contrib = query_arrow(
         con,
-        CONTRIBUTIONS_SQL.format(
-            interactions=(
-                "select * from user_item_interactions where interval_start = $interval_start"
-            )
-        ),
+        f"""
+        select user_id, event_at, weight, text_hash
+        from ({CONTRIBUTIONS_SQL.format(interactions=_INTERVAL_EVENTS_SQL)})
+        order by user_id, event_at, event_id, text_kind
+        """,
         {"interval_start": interval_start, "model_id": model_id},
     )
     users_with_events = {
@@ -154,13 +157,15 @@ def _write_interest_versions(
 
     user_col = contrib.column("user_id").to_numpy(zero_copy_only=False)
     users, user_idx = np.unique(user_col, return_inverse=True)
-    emb = vectors_to_numpy(contrib.column("embedding")).astype(np.float64)
+    hashes, text_idx = np.unique(
+        contrib.column("text_hash").to_numpy(zero_copy_only=False), return_inverse=True
+    )
+    emb = embeddings_of(con, model_id, hashes.tolist()).astype(np.float64)
     ages = _hours_between(interval_end, contrib.column("event_at").to_numpy())
     coef = contrib.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
     coef = coef * decay(ages, half_life_hours)
-    fold = sp.csr_matrix(
-        (coef, (user_idx, np.arange(len(coef)))), shape=(len(users), len(coef))
-    )
+    # (users x distinct texts), repeated (user, text) pairs summed: the fold of every event
+    fold = sp.csr_matrix((coef, (user_idx, text_idx)), shape=(len(users), len(hashes)))
     new_state = np.asarray(fold @ emb)
 
     prev = _previous_versions(con, model_id, interval_end, list(users))
@@ -207,6 +212,41 @@ def _write_interest_versions(
         "users_updated": n,
         "users_without_text": len(users_with_events) - len(users),
     }
+
+
+_INTERVAL_EVENTS_SQL = (
+    "select * from user_item_interactions where interval_start = $interval_start"
+)
+
+
+def embeddings_of(
+    con: duckdb.DuckDBPyConnection, model_id: str, hashes: list[str], dim: int | None = None
+) -> np.ndarray:
+    """The (float32) embeddings of the texts with these hashes, in that order (``dim``: the
+    width to give an empty result)."""
+    import numpy as np
+    import pyarrow as pa
+
+    con.register("_fold_texts", pa.table({
+        "text_hash": pa.array(hashes, pa.string()),
+        "position": pa.array(np.arange(len(hashes)), pa.int64()),
+    }))
+    try:
+        table = query_arrow(
+            con,
+            """
+            select embedding from text_embeddings
+            inner join _fold_texts using (text_hash)
+            where model_id = ?
+            order by position
+            """,
+            [model_id],
+        )
+    finally:
+        con.unregister("_fold_texts")
+    if table.num_rows != len(hashes):  # the cache holds one row per (model, text)
+        raise RuntimeError(f"text_embeddings: {table.num_rows} rows for {len(hashes)} texts")
+    return vectors_to_numpy(table.column("embedding"), dim)
 
 
 def _hours(later: datetime, earlier: datetime) -> float:
