@@ -22,6 +22,8 @@ connection per burst of requests, and ``/health`` says so.
 Every connection comes from :func:`interest_pipeline.warehouse.connect` with
 ``read_only=True`` (sandboxed: this database and nothing else), the queries are the CLI's
 (:mod:`interest_pipeline.cli`) and request values only ever reach DuckDB as bound parameters.
+The default model is the one the copy being read serves (:mod:`interest_pipeline.rebuild`): a
+rebuild's switch reaches the server with the snapshot it republishes, without a restart.
 """
 
 from __future__ import annotations
@@ -405,8 +407,10 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
 
     Args:
         warehouse_path: The live DuckDB file; the server reads ``<warehouse>.snapshot``.
-        model_id: Whose vectors to serve by default (default: the configured INTEREST_MODEL's
-            id); a request may ask for another with ``?model_id=``.
+        model_id: Whose vectors to serve by default (default: the model being served by the
+            snapshot read, :func:`interest_pipeline.rebuild.serving_model`, so a rebuild's
+            switch reaches the server with the snapshot it republishes); a request may ask
+            for another with ``?model_id=``.
 
     Returns:
         The FastAPI app; it opens nothing until the first request.
@@ -420,8 +424,17 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
     from interest_pipeline.snapshot import WarehouseBusyError, WarehouseUnavailableError
 
     models = _response_models()
-    default_model = model_id or cli._resolve_model_id()
+    fixed_model = model_id
     reader = WarehouseReader(warehouse_path)
+
+    def served_model(con: duckdb.DuckDBPyConnection, gen: _Generation) -> str:
+        """The default model of a request: the server's, else the one the copy it reads
+        serves (once per copy: a switch publishes a new one)."""
+        if fixed_model:
+            return fixed_model
+        if "served_model" not in gen.cache:
+            gen.cache["served_model"] = cli._resolve_model_id(con)
+        return gen.cache["served_model"]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -469,7 +482,8 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
         examples=["2010-11-10T10:30", "2010-11-10T11:30+01:00"],
     )
     model_query = Query(None, max_length=MAX_ID_LENGTH,
-                        description=f"model whose vectors to read (default: {default_model})")
+                        description="model whose vectors to read (default: "
+                        f"{fixed_model or 'the model being served'})")
 
     @app.get(
         "/users/{user_id}/recommendations",
@@ -490,8 +504,8 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
         ``"new_user": true, "known_user": false``. 404: a time before the user's first
         version, or no item scored positive for them."""
         at = as_of_param(as_of)
-        model = model_id or default_model
-        with reader.cursor() as (con, _):
+        with reader.cursor() as (con, gen):
+            model = model_id or served_model(con, gen)
             try:
                 data = cli.get_recommendations(con, user_id, model, at, n, new_visitor)
             except cli.NotFoundError as exc:
@@ -519,8 +533,8 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
         items nearest to it, the categories and tags of its nearest items and the nearest of
         the user's own texts. 404: unknown user, or a time before the first version."""
         at = as_of_param(as_of)
-        model = model_id or default_model
-        with reader.cursor() as (con, _):
+        with reader.cursor() as (con, gen):
+            model = model_id or served_model(con, gen)
             data = cli.describe_profile(con, user_id, model, at, n)
             if vector:
                 # The same version (the snapshot cannot change under this cursor).
@@ -541,8 +555,8 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Cosine similarity of the items' document embeddings. 404: unknown item, or an item
         without an embedding for the model."""
-        model = model_id or default_model
         with reader.cursor() as (con, gen):
+            model = model_id or served_model(con, gen)
             key = ("item_matrix", model)
             if key not in gen.cache:
                 gen.cache[key] = cli._item_matrix(con, model)
@@ -566,7 +580,7 @@ def create_app(warehouse_path: Path, model_id: str | None = None) -> FastAPI:
                 "status": "ok",
                 **describe_source(reader, gen),
                 "last_run": last,
-                "model_id": default_model,
+                "model_id": served_model(con, gen),
             }
 
     return app
@@ -600,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=port,
                         help="port (default: $INTEREST_API_PORT or %(default)s)")
     parser.add_argument("--model-id", metavar="ID",
-                        help="model whose vectors to serve (default: the configured "
-                        "INTEREST_MODEL's id)")
+                        help="model whose vectors to serve (default: the model being "
+                        "served: the last `interest rebuild`'s, else INTEREST_MODEL's id)")
     parser.add_argument("--no-access-log", action="store_true",
                         help="do not log every request")
     parser.add_argument("--log-level", default="info",

@@ -11,7 +11,11 @@ JSON. Arguments stay with argparse: one-line usage errors, global options before
 subcommand.
 The warehouse is opened through :func:`interest_pipeline.snapshot.open_for_reading`, so a
 command run while the pipeline writes reads the last published snapshot and says so on stderr.
-The embedding model is never loaded: only its id is resolved from the settings.
+The embedding model is never loaded: only its id is resolved, from the warehouse's registry of
+the model being served (:func:`interest_pipeline.rebuild.serving_model`; INTEREST_MODEL on a
+warehouse never rebuilt), read on the same connection as the data, so a command shows the
+model that the warehouse or snapshot it reads serves. ``interest rebuild`` (the second command
+that writes) recomputes everything under another model and switches to it.
 """
 
 from __future__ import annotations
@@ -871,7 +875,8 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         "--model-id",
         metavar="ID",
         default=default(None),
-        help="model whose vectors to read (default: the configured INTEREST_MODEL's id)",
+        help="model whose vectors to read (default: the model being served: the last "
+        "`interest rebuild`'s, else INTEREST_MODEL's id)",
     )
 
 
@@ -994,7 +999,8 @@ def build_parser() -> argparse.ArgumentParser:
         "writes, commands read the snapshot published by its last run and say so on stderr.\n"
         "`interest eval --help`: offline evaluation of the model against baselines.\n"
         "`interest serve --help`: the same reads over HTTP (FastAPI), from the snapshot.\n"
-        "`interest forget --help`: erase users everywhere (the one command that writes).",
+        "`interest forget --help`: erase users everywhere (a command that writes).\n"
+        "`interest rebuild --help`: recompute everything under another model, then switch.",
         epilog=f"examples:\n{examples}\n\n{EXIT_CODES_HELP}",
         formatter_class=formatter,
     )
@@ -1014,12 +1020,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_model_id() -> str:
+def _resolve_model_id(con: duckdb.DuckDBPyConnection) -> str:
+    """The id of the model being served by the warehouse (or snapshot) ``con`` reads."""
     from interest_pipeline.config import get_settings
-    from interest_pipeline.embeddings import resolve_model
+    from interest_pipeline.rebuild import serving_model
 
     try:
-        return resolve_model(get_settings().model)[0]
+        return serving_model(con, get_settings())[1]
     except RuntimeError as exc:
         raise CliError(f"{_one_line(str(exc))} (or pass --model-id)", EXIT_USAGE) from None
 
@@ -1031,8 +1038,6 @@ def _fetch(args: argparse.Namespace) -> Any:
     from interest_pipeline.config import get_settings
     from interest_pipeline.snapshot import open_for_reading
 
-    if args.needs_model and not args.model_id:
-        args.model_id = _resolve_model_id()
     path = args.warehouse or get_settings().warehouse_path
     try:
         con, note = open_for_reading(path)
@@ -1041,6 +1046,8 @@ def _fetch(args: argparse.Namespace) -> Any:
     if note:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     try:
+        if args.needs_model and not args.model_id:
+            args.model_id = _resolve_model_id(con)
         return args.fetch(con, args)
     except duckdb.Error as exc:
         # A half-built warehouse (first run still in dbt) lacks tables the commands read.
@@ -1073,6 +1080,11 @@ def main(argv: list[str] | None = None) -> int:
         from interest_pipeline import erasure
 
         return erasure.main(argv[1:])
+    if argv[:1] == ["rebuild"]:
+        # The other write command: a model change (interest_pipeline.rebuild), its own options.
+        from interest_pipeline import rebuild
+
+        return rebuild.main(argv[1:])
     if argv[:1] == ["serve"]:
         # The HTTP API (interest_pipeline.api): a long-running server with its own options.
         from interest_pipeline import api

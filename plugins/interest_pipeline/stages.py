@@ -10,6 +10,10 @@ hour gets its own vector versions and run-stats row, exactly as if the hours had
 dbt and the embedding run once for the whole interval, which is what makes a day of backfill
 far cheaper than 24 hourly runs. Stages over several hours return their totals plus
 ``per_hour`` (hour start ISO -> that hour's dict) for the run-stats task.
+
+Every stage runs with the model being served, read from the warehouse when it opens it
+(:func:`interest_pipeline.rebuild.serving_model`: the model a rebuild switched to, else
+INTEREST_MODEL), so the hourly runs follow a switch without any configuration change.
 """
 
 from __future__ import annotations
@@ -41,6 +45,57 @@ def to_utc_naive(moment: datetime) -> datetime:
         moment.year, moment.month, moment.day,
         moment.hour, moment.minute, moment.second, moment.microsecond,
     )
+
+
+def _serving_model(con: Any, s: Settings) -> tuple[str, str]:
+    """(model, model_id) a stage runs with: the model being served (the registry a rebuild
+    switches, :func:`interest_pipeline.rebuild.serving_model`), else INTEREST_MODEL's.
+
+    Read on the stage's own connection, so a stage never writes under a model that a rebuild
+    replaced between its reading and its writing.
+
+    Raises:
+        RuntimeError: The served model resolves to another model_id here (another
+            INTEREST_EMBEDDING_BACKEND than the rebuild's): its vectors would be stored under
+            an id that is not theirs.
+    """
+    from interest_pipeline import embeddings, rebuild
+
+    model, model_id = rebuild.serving_model(con, s)
+    resolved = embeddings.resolve_model(model)[0]
+    if resolved != model_id:
+        raise RuntimeError(
+            f"the warehouse serves {model_id} (switched to by `interest rebuild`), but its "
+            f"model {model!r} is {resolved} with this INTEREST_EMBEDDING_BACKEND: set the backend "
+            f"it was rebuilt with, or `interest rebuild --model {model}` to switch to {resolved}"
+        )
+    return model, model_id
+
+
+def _shard_model(texts_path: str, s: Settings) -> tuple[str, str]:
+    """(model, model_id) a shard was planned for: the worker never opens the warehouse (so
+    cannot read the registry), the planner did and wrote the model_id into the shard.
+
+    The model to load is the one whose model_id that is; when none of the candidates gives
+    it, the configured model, which :func:`interest_pipeline.embeddings.embed_text_shard`
+    then refuses with its own message.
+    """
+    import pyarrow.parquet as pq
+
+    from interest_pipeline import embeddings
+    from interest_pipeline.config import DEFAULT_MODEL
+
+    planned = pq.read_table(texts_path, columns=["model_id"]).column("model_id")
+    ids = planned.unique().to_pylist()
+    if len(ids) == 1:
+        # A backend suffix (``#onnx-int8``) is part of the id, not of the model's name.
+        for model in (s.model, DEFAULT_MODEL, ids[0], ids[0].rsplit("#", 1)[0]):
+            try:
+                if embeddings.resolve_model(model)[0] == ids[0]:
+                    return model, ids[0]
+            except RuntimeError:
+                continue
+    return s.model, embeddings.resolve_model(s.model)[0]
 
 
 def _timed(stage: str, fn: Any, *args: Any) -> dict[str, Any]:
@@ -171,14 +226,14 @@ def embed_new_texts(
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
 
     def run() -> dict[str, Any]:
         with open_warehouse(s.warehouse_path) as con:
+            model, model_id = _serving_model(con, s)
             n = embeddings.embed_new_texts(
                 con,
                 model_id,
-                lambda: embeddings.load_encoder(s.model, s.embed_batch_size),
+                lambda: embeddings.load_encoder(model, s.embed_batch_size, s.data_dir),
                 to_utc_naive(start),
                 to_utc_naive(end),
             )
@@ -209,15 +264,16 @@ def update_user_vectors(
     first brings the stale intervals before it up to date (a backfill that stopped half way
     leaves nothing stale behind for good).
     """
-    from interest_pipeline import embeddings, user_vectors
+    from interest_pipeline import rebuild, user_vectors
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
     start, end = to_utc_naive(start), to_utc_naive(end)
     backfill_end = to_utc_naive(backfill_end) if backfill_end is not None else None
     with open_warehouse(s.warehouse_path) as con:
-        _warn_if_model_changed(con, model_id)
+        _, model_id = _serving_model(con, s)
+        if rebuild.registry(con) is None:  # a model switched to by a rebuild has its history
+            _warn_if_model_changed(con, model_id)
         con.execute(FOLD_PENDING_DDL)
         pending = _pending(con, model_id)
         started = time.perf_counter()
@@ -364,17 +420,17 @@ def train_ranker(
 ) -> dict[str, Any]:
     """Fit the ranker (the blend of the score's signals) at each hour end it is due (daily at
     midnight UTC by default), on the history known then; other hours do nothing."""
-    from interest_pipeline import embeddings, ranker, recommendations
+    from interest_pipeline import ranker, recommendations
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
     config = ranker.ranker_settings()
     due = [h_end for _, h_end in interval_hours(start, end) if ranker.is_due(h_end, config)]
     if not due:
         return {"rankers_fitted": 0}
     started = time.perf_counter()
     with open_warehouse(s.warehouse_path) as con:
+        _, model_id = _serving_model(con, s)
         results = [
             ranker.train_ranker(
                 con, model_id, h_end, s.half_life_hours, s.evidence_events,
@@ -393,12 +449,12 @@ def write_recommendations(
     start: datetime, end: datetime, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Top-N recommendations with evidence for every user with a new version, hour by hour."""
-    from interest_pipeline import embeddings, recommendations
+    from interest_pipeline import recommendations
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
     with open_warehouse(s.warehouse_path) as con:
+        _, model_id = _serving_model(con, s)
         return _hour_by_hour(
             "recommend", to_utc_naive(start), to_utc_naive(end),
             lambda h_start, h_end: recommendations.write_recommendations(
@@ -415,12 +471,12 @@ def evaluate_recommendations(
     In the run for the interval ending at E, the events of (E - horizon, E] are known, so the
     recommendations as of E - horizon can be judged; rows land in ``evaluation``.
     """
-    from interest_pipeline import embeddings, evaluation
+    from interest_pipeline import evaluation
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
     with open_warehouse(s.warehouse_path) as con:
+        _, model_id = _serving_model(con, s)
         return _hour_by_hour(
             "evaluate", to_utc_naive(start), to_utc_naive(end),
             lambda _, h_end: evaluation.evaluate_interval(
@@ -440,15 +496,14 @@ def record_run_stats(
     A stage that went hour by hour reports each hour (``per_hour``); work done once for the
     whole interval (dbt, embedding) is counted on its first hour. Returns the last hour's row.
     """
-    from interest_pipeline import embeddings
     from interest_pipeline.warehouse import open_warehouse, transaction
 
     s = settings or get_settings()
     start, end = to_utc_naive(start), to_utc_naive(end)
-    model_id, _ = embeddings.resolve_model(s.model)
     version = code_version()
     hours = interval_hours(start, end)
     with open_warehouse(s.warehouse_path) as con, transaction(con):
+        _, model_id = _serving_model(con, s)
         for h_start, h_end in hours:
             merged: dict[str, Any] = {}
             for result in stage_results:
@@ -587,8 +642,8 @@ def _warn_if_model_changed(con: Any, model_id: str) -> None:
     if other:
         log.warning(
             "model changed to %s; vectors of %s are kept but not reused: user vectors are "
-            "rebuilt from the events of each interval processed from now on (backfill the "
-            "history to rebuild them fully)",
+            "rebuilt from the events of each interval processed from now on (`interest "
+            "rebuild --model M` recomputes the whole history under a new model instead)",
             model_id,
             ", ".join(r[0] for r in other),
         )
@@ -606,9 +661,9 @@ def plan_embedding_shards(
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
     start, end = to_utc_naive(start), to_utc_naive(end)
     with open_warehouse(s.warehouse_path, read_only=True) as con:
+        _, model_id = _serving_model(con, s)
         paths = embeddings.write_text_shards(
             con, model_id, start, embeddings.shard_dir(s.data_dir, start, end), end
         )
@@ -620,12 +675,12 @@ def embed_text_shard(texts_path: str, settings: Settings | None = None) -> dict[
     from interest_pipeline import embeddings
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
+    model, model_id = _shard_model(texts_path, s)
     started = time.perf_counter()
     out, n = embeddings.embed_text_shard(
         texts_path,
         model_id,
-        lambda: embeddings.load_encoder(s.model, s.embed_batch_size),
+        lambda: embeddings.load_encoder(model, s.embed_batch_size, s.data_dir),
     )
     return {"vectors": str(out), "texts": n, "seconds": round(time.perf_counter() - started, 3)}
 
@@ -647,10 +702,10 @@ def merge_text_embeddings(
     from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    model_id, _ = embeddings.resolve_model(s.model)
     shards = sorted(shard_results or [], key=lambda r: r["vectors"])
     started = time.perf_counter()
     with open_warehouse(s.warehouse_path) as con:
+        _, model_id = _serving_model(con, s)
         n = embeddings.merge_text_shards(con, [r["vectors"] for r in shards])
     shutil.rmtree(
         embeddings.shard_dir(s.data_dir, to_utc_naive(start), to_utc_naive(end)),

@@ -75,7 +75,9 @@ def parsed(tmp_path_factory) -> dict:
 
 def test_no_import_errors(parsed):
     assert parsed["import_errors"] == {}
-    assert parsed["dag_ids"] == sorted([DAG_ID, DAILY_DAG_ID, "interest_forget"])
+    assert parsed["dag_ids"] == sorted(
+        [DAG_ID, DAILY_DAG_ID, "interest_forget", "interest_rebuild"]
+    )
 
 
 def test_the_forget_dag_is_manual_and_writes_in_the_one_slot_pool(parsed):
