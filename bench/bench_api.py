@@ -214,13 +214,10 @@ def serve_trivial(port: int) -> None:
 def run_pipeline(data_dir: Path, first: int, hours: int) -> None:
     """What the DAG does per hour (every stage, then publish_snapshot), for ``hours`` hours
     from the seed hour + ``first``."""
-    from interest_pipeline import stages
-
     settings = settings_for(data_dir)
     for i in range(first, first + hours):
         start = SEED_HOUR + i * HOUR
-        seconds = run_hour(settings, start)["total_wall"]
-        stages.publish_snapshot(start, start + HOUR, settings)
+        seconds = run_hour(settings, start, publish=True)["total_wall"]
         print(f"hour {start}: {seconds:.1f} s, published", flush=True)
 
 

@@ -95,8 +95,6 @@ def _copy_template(
 
 
 def run(args: Any) -> Section:
-    from interest_pipeline import stages
-
     section = Section("incremental cost")
     seed = build_seed(WORK_DIR)
     sample = sample_events(seed / "landing")
@@ -130,12 +128,7 @@ def run(args: Any) -> Section:
             settings = per_case[case]["settings"]
             write_events_partition(settings.landing_dir, hour, sample, EVENTS_PER_HOUR,
                                    f"m{i}", new_users=False)
-            result = run_hour(settings, hour)
-            result["publish_wall"], _ = timed(
-                stages.publish_snapshot, hour, hour + HOUR, settings
-            )
-            result["total_wall"] += result["publish_wall"]
-            per_case[case]["runs"].append(result)
+            per_case[case]["runs"].append(run_hour(settings, hour, publish=True))
     for entry in per_case.values():
         del entry["settings"]
         runs = entry["runs"]

@@ -178,9 +178,10 @@ def embed_step(start: datetime, end: datetime, settings: Any) -> dict[str, Any]:
 
 def run_hour(
     settings: Any, start: datetime, stages_to_run: tuple[str, ...] = PIPELINE_STAGES,
-    record: bool = True,
+    record: bool = True, publish: bool = False,
 ) -> dict[str, Any]:
-    """Run one hour through the pipeline's stage functions (what each DAG task calls).
+    """Run one hour through the pipeline's stage functions (what each DAG task calls); with
+    ``publish``, then the readers' snapshot, as the DAG's last task does.
 
     Returns every stage's result and its wall seconds under ``<stage>_wall``.
     """
@@ -204,6 +205,9 @@ def run_hour(
     if record:
         seconds, _ = timed(stages.record_run_stats, start, end, results, settings)
         out["record_wall"] = seconds
+    if publish:
+        seconds, _ = timed(stages.publish_snapshot, start, end, settings)
+        out["publish_wall"] = seconds
     out["total_wall"] = sum(v for k, v in out.items() if k.endswith("_wall"))
     return out
 
