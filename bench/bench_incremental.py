@@ -63,12 +63,17 @@ def write_history(
     warehouse: Path, template_start: datetime, hours: int, new_users: bool = False
 ) -> dict[str, int]:
     """Copy the template hour's rows to the ``hours - 1`` hours before it. Returns row counts."""
+    from interest_pipeline.catalogue_stats import catalogue_stats
     from interest_pipeline.warehouse import open_warehouse, transaction
 
     counts = {}
     with open_warehouse(warehouse) as con:
         with transaction(con):
             _copy_template(con, template_start, hours, new_users, counts)
+            # The catalogue statistics as the hourly runs would have kept them up to here
+            # (rebuilt once from a scan: the history was written behind their back).
+            items = [r[0] for r in con.execute("select item_id from item_documents").fetchall()]
+            catalogue_stats(con, sorted(items), template_start, ())
         con.execute("checkpoint")
     return counts
 

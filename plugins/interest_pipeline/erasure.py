@@ -220,6 +220,12 @@ def _delete_rows(
     line_tables = [("raw.event_lines", "line"), ("raw.item_lines", "line")]
     if table_exists(con, "quarantine"):
         line_tables.append(("main.quarantine", "raw_line"))
+    # The last hour's conflicting lines (a dbt table, rebuilt every hour) quote users too.
+    if con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'main' "
+        "and table_name = 'int_event_id_conflicts' and table_type = 'BASE TABLE'"
+    ).fetchone()[0]:
+        line_tables.append(("main.int_event_id_conflicts", "line"))
     for table, column in line_tables:
         _line_hits(con, table, column)
         record(table, "select user_id, count(*) from _hits group by 1")

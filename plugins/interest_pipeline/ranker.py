@@ -48,6 +48,8 @@ from interest_pipeline.bootstrap import paired_bootstrap
 from interest_pipeline.warehouse import fetch_one, query_arrow, transaction
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import duckdb
     import numpy as np
 
@@ -469,8 +471,9 @@ def _trending_half_life(
         new = {u: r for u, r in relevant.items() if u not in known}
         if not new:
             continue
+        orders = trending_orders(con, cutoff, TRENDING_HALF_LIVES, 10)
         for half_life in TRENDING_HALF_LIVES:
-            order = [item for item, _ in trending_order(con, cutoff, half_life, 10)]
+            order = [item for item, _ in orders[half_life]]
             totals[half_life] += sum(ndcg_at_k(order, r, 10) for r in new.values())
     best = max(TRENDING_HALF_LIVES, key=lambda h: (totals[h], -h))
     return best, {f"{h:g}": round(v, 4) for h, v in totals.items()}
@@ -482,25 +485,27 @@ def trending_order(
     """The ``n`` catalogue items with the highest recency-popularity at ``as_of`` (users who
     engaged positively, each decayed by the age of their latest such event), with it, ties by
     item id."""
-    rows = con.execute(
-        """
-        with engaged as (
-            select user_id, item_id, max(event_at) as last_event_at
-            from user_item_interactions
-            where interval_start < $as_of and weight > 0 and item_id is not null
-                and item_id in (select item_id from item_documents)
-            group by user_id, item_id
-        )
-        select item_id, sum(pow(2.0, -greatest(date_diff('second', last_event_at, $as_of), 0)
-            / 3600.0 / $half_life)) as popularity
-        from engaged
-        group by item_id
-        order by popularity desc, item_id
-        limit $n
-        """,
-        {"as_of": as_of, "half_life": half_life_hours, "n": n},
-    ).fetchall()
-    return [(r[0], float(r[1])) for r in rows]
+    return trending_orders(con, as_of, (half_life_hours,), n)[half_life_hours]
+
+
+def trending_orders(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, half_lives: Sequence[float], n: int
+) -> dict[float, list[tuple[str, float]]]:
+    """:func:`trending_order` for several half-lives from one read of the statistics
+    (:mod:`interest_pipeline.catalogue_stats`; ``as_of`` ends an hourly interval)."""
+    import numpy as np
+
+    from interest_pipeline.catalogue_stats import catalogue_stats
+
+    items = [r[0] for r in con.execute("select item_id from item_documents order by 1").fetchall()]
+    stats = catalogue_stats(con, items, as_of - timedelta(hours=1), half_lives)
+    out = {}
+    for half_life in half_lives:
+        popularity = stats.popularity[float(half_life)]
+        # Items are in id order, so a stable sort on -popularity breaks ties by item id.
+        order = [j for j in np.argsort(-popularity, kind="stable") if stats.engaged[j]][:n]
+        out[half_life] = [(items[j], float(popularity[j])) for j in order]
+    return out
 
 
 def train_ranker(

@@ -175,6 +175,7 @@ def build_dbt_models(
     An hour with no landed lines and no rows from an earlier build skips dbt: the build would
     change nothing, and it is the most expensive step of an empty hour.
     """
+    from interest_pipeline.catalogue_stats import invalidate_from
     from interest_pipeline.transform import run_dbt_build
     from interest_pipeline.warehouse import open_warehouse
 
@@ -186,7 +187,11 @@ def build_dbt_models(
     if empty:
         log.info("no lines landed for [%s, %s) and nothing built before: dbt skipped", start, end)
         return {"dbt_seconds": 0.0, "dbt_skipped": True}
-    return _timed("dbt", run_dbt_build, s, start, end)
+    result = _timed("dbt", run_dbt_build, s, start, end)
+    with open_warehouse(s.warehouse_path) as con:
+        # The interval's interactions were replaced: statistics kept up to or past it are stale.
+        invalidate_from(con, start)
+    return result
 
 
 _INTERVAL_TABLES = (

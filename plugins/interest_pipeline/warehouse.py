@@ -205,6 +205,25 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("commit")
 
 
+@contextmanager
+def atomic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Like :func:`transaction`, or part of the caller's transaction when one is open (DuckDB
+    has no nested transactions: the outer one commits or rolls back everything)."""
+    # Each autocommitted statement gets a new transaction id; two reads inside an open
+    # transaction see the same one. (A BEGIN inside a transaction would abort it.)
+    ids = [con.execute("select txid_current()").fetchone()[0] for _ in range(2)]  # type: ignore[index]
+    if ids[0] == ids[1]:
+        yield
+        return
+    con.execute("begin transaction")
+    try:
+        yield
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
 def fetch_one(
     con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any] | None = None
 ) -> tuple | None:

@@ -1,3 +1,10 @@
+{#-
+    A table, not a view: it joins the interval's lines with every recorded event, and the
+    quarantine model and this model's tests all read it; as a view each of them would repeat
+    that scan of the whole history.
+-#}
+{{ config(materialized='table') }}
+
 -- Valid lines of the run's interval that repeat a recorded event_id with different content.
 -- A re-delivery with the same content is a duplicate (counted in pipeline_runs.duplicates); a
 -- line that reuses an id for another event cannot be told apart from the first, so it is
