@@ -15,10 +15,15 @@ features (:data:`FEATURES`):
   closest to, so a user who buys candles and garden tools is not recommended the midpoint.
 - ``popularity``: a recency-popularity prior, ``log1p(P_j) / log1p(max P)`` with
   ``P_j = sum over the users who engaged positively with j of 2 ** (-age / popularity_half_life)``,
-  age of each user's latest such event, over everyone's events known at the interval end.
+  age of each user's latest such event (counted no later than the end of the hour it arrived
+  in), over everyone's events known at the interval end.
 - ``cooccurrence``: behaviour, item-to-item: ``sum_i C(i, j)`` over the items i the user engaged
   with positively, ``C(i, j)`` = users who engaged with both, scaled to [0, 1] by the user's
   best item.
+
+``P`` and ``C`` are catalogue-wide: the warehouse keeps them as exact aggregates updated per
+interval (:mod:`interest_pipeline.catalogue_stats`), so their cost follows the hour, not the
+history; the rest reads only the scored users' (and their followees') rows.
 - ``own_recency``: the user's own decayed engagement with j among those latest events (a venue
   visited, an item viewed or carted), scaled by the user's strongest.
 - ``new_item``: 1 for an item nobody has engaged with positively yet.
