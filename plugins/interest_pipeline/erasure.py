@@ -368,7 +368,7 @@ def forget_users(
     rewrite_seconds = rewrite_file(Path(warehouse_path))
     started = time.perf_counter()
     if snapshot.snapshot_path(Path(warehouse_path)).exists():
-        snapshot.publish_snapshot(Path(warehouse_path), *(last or (None, None)))
+        snapshot.publish_snapshot(Path(warehouse_path), *(last or (None, None)), full=True)
     snapshot_seconds = time.perf_counter() - started
     result = {
         "users": len(per_user),

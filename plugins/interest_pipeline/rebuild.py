@@ -240,7 +240,7 @@ def rebuild_model(settings: Settings, model: str) -> dict[str, Any]:
         )
     step = time.perf_counter()
     if snapshot.snapshot_path(path).exists():
-        snapshot.publish_snapshot(path, *(last or (None, None)))
+        snapshot.publish_snapshot(path, *(last or (None, None)), full=True)
     snapshot_seconds = time.perf_counter() - step
     intervals = len(done)
     result = {

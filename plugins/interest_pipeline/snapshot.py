@@ -8,10 +8,15 @@ The design:
 
 - **Publish.** The last task of every pipeline run calls :func:`publish_snapshot` after all of
   the run's writes. Runs are serialised (``max_active_runs=1``), so no writer is active then;
-  the caller must not hold a connection to the warehouse either. It copies the file (and a
-  leftover WAL, checkpointed into the copy so the snapshot is one self-contained file) to a
-  temporary file beside it, then ``os.replace`` s it onto ``<warehouse>.snapshot``: readers see
-  the old snapshot or the new one, never half of one. A sidecar ``<warehouse>.snapshot.json``
+  the caller must not hold a connection to the warehouse either. Two generations,
+  ``<warehouse>.snapshot-a`` and ``-b``, take turns: the one readers are not pointed at (two
+  runs old) is brought up to the live file by copying what the runs since changed
+  (:mod:`interest_pipeline.snapshot_sync`: a cost that follows the hours, not the history),
+  or, when that is not possible (no such generation yet, a reader still has it open, a write
+  no run recorded, an erasure or a rebuild: ``full=True``), replaced by a whole copy (with a
+  leftover WAL checkpointed into it, so a generation is one self-contained file). Then the
+  symlink ``<warehouse>.snapshot`` is replaced (``os.replace``) to point at it: readers see the
+  old snapshot or the new one, never half of one. A sidecar ``<warehouse>.snapshot.json``
   records ``published_at`` and the run's interval.
 - **Read.** :func:`open_for_reading` opens the live file read-only, retrying lock errors for a
   short while (a run's tasks release the file between stages). If it stays locked, it opens the
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SNAPSHOT_SUFFIX = ".snapshot"
+GENERATIONS = ("a", "b")
 
 
 class WarehouseUnavailableError(RuntimeError):
@@ -73,12 +79,18 @@ def sidecar_path(warehouse_path: Path) -> Path:
     return warehouse_path.with_name(warehouse_path.name + SNAPSHOT_SUFFIX + ".json")
 
 
+def generation_path(warehouse_path: Path, name: str) -> Path:
+    """One of the two snapshot files the link points at: ``<warehouse>.snapshot-<name>``."""
+    return warehouse_path.with_name(f"{warehouse_path.name}{SNAPSHOT_SUFFIX}-{name}")
+
+
 def publish_snapshot(
     warehouse_path: Path,
     interval_start: datetime | None = None,
     interval_end: datetime | None = None,
+    full: bool = False,
 ) -> Path:
-    """Atomically replace the warehouse's read-only snapshot with a copy of the live file.
+    """Atomically point the warehouse's read-only snapshot at a copy of the live file.
 
     Call it after a run's last write, with no connection to the warehouse open in this process
     and no other writer active (DAG runs are serialised).
@@ -87,19 +99,50 @@ def publish_snapshot(
         warehouse_path: The live DuckDB file.
         interval_start: Start of the run's interval (naive UTC), recorded in the sidecar.
         interval_end: End of the run's interval (naive UTC), recorded in the sidecar.
+        full: Copy the whole file and remove the other generation (after an erasure or a
+            rebuild, which change history no run records; and so no erased row survives in an
+            older generation).
 
     Returns:
-        The snapshot's path.
+        The snapshot's path (the link).
 
     Raises:
         NoWarehouseError: The warehouse file does not exist.
     """
-    import duckdb
+    from interest_pipeline.snapshot_sync import sync_generation
 
     warehouse_path = Path(warehouse_path)
     if not warehouse_path.is_file():
         raise NoWarehouseError(warehouse_path)
-    target = snapshot_path(warehouse_path)
+    link = snapshot_path(warehouse_path)
+    current = link.resolve() if link.is_symlink() else None
+    first, second = (generation_path(warehouse_path, g) for g in GENERATIONS)
+    target = second if current == first else first
+    synced = not full and target.is_file() and sync_generation(target, warehouse_path)
+    if not synced:
+        _copy_whole(warehouse_path, target)
+    _point_link(link, target)
+    if full and current is not None and current != target:
+        current.unlink(missing_ok=True)
+
+    meta = {
+        "published_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+        "interval_start": interval_start.isoformat() if interval_start else None,
+        "interval_end": interval_end.isoformat() if interval_end else None,
+    }
+    _write_text_atomic(sidecar_path(warehouse_path), json.dumps(meta) + "\n")
+    log.info(
+        "published warehouse snapshot %s -> %s (%s, %s)",
+        link, target.name, "synced" if synced else "whole copy", meta,
+    )
+    return link
+
+
+def _copy_whole(warehouse_path: Path, target: Path) -> None:
+    """Replace ``target`` by a self-contained copy of the live file (a reader that still has
+    the old ``target`` open keeps reading its old inode)."""
+    import duckdb
+
     fd, tmp_name = tempfile.mkstemp(
         dir=warehouse_path.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
@@ -123,14 +166,18 @@ def publish_snapshot(
         tmp.unlink(missing_ok=True)
         tmp_wal.unlink(missing_ok=True)
 
-    meta = {
-        "published_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-        "interval_start": interval_start.isoformat() if interval_start else None,
-        "interval_end": interval_end.isoformat() if interval_end else None,
-    }
-    _write_text_atomic(sidecar_path(warehouse_path), json.dumps(meta) + "\n")
-    log.info("published warehouse snapshot %s (%s)", target, meta)
-    return target
+
+def _point_link(link: Path, target: Path) -> None:
+    """Atomically make ``link`` a relative symlink to ``target`` (replacing a plain file left
+    by an older version, which readers may still hold open)."""
+    fd, tmp_name = tempfile.mkstemp(dir=link.parent, prefix=f".{link.name}.", suffix=".tmp")
+    os.close(fd)
+    Path(tmp_name).unlink()
+    try:
+        os.symlink(target.name, tmp_name)
+        os.replace(tmp_name, link)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def open_for_reading(
