@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,3 +151,15 @@ def scheduler_heartbeat_timeout() -> float:
     come late, and a scheduler whose process is gone is caught at once anyway.
     """
     return float(os.environ.get("INTEREST_SCHEDULER_HEARTBEAT_TIMEOUT", "120"))
+
+
+def max_event_skew_hours() -> float:
+    """INTEREST_MAX_EVENT_SKEW_HOURS (dbt's rule, read here too): how far after the end of
+    its arrival hour an event may be dated."""
+    return float(os.environ.get("INTEREST_MAX_EVENT_SKEW_HOURS", "1"))
+
+
+def min_event_time() -> datetime:
+    """INTEREST_MIN_EVENT_TIME (dbt's rule, read here too): the earliest event time kept."""
+    value = os.environ.get("INTEREST_MIN_EVENT_TIME", "1990-01-01")
+    return datetime.fromisoformat(value.replace("T", " ").removesuffix("Z"))

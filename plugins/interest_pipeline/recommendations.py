@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from interest_pipeline.catalogue_stats import catalogue_stats
+from interest_pipeline.config import max_event_skew_hours
 from interest_pipeline.social import (
     follows_sql,
     social_evidence,
@@ -162,15 +163,16 @@ def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[np.ndarr
     return ids, vectors_to_numpy(table.column("embedding"))
 
 
-# Each scored user's latest ``$limit`` events up to the interval, newest first. A top-k
-# aggregate keeps a heap of k per user while reading the few columns it needs, so the cost
-# follows the scored users' events rather than sorting (or joining embeddings to) the whole
-# history; the embedding join below then sees at most k events per user.
+# Each scored user's latest ``$limit`` events up to the interval, newest first, into the
+# temp table ``_rec_latest``. A top-k aggregate keeps a heap of k per user while reading the
+# few columns it needs, so the cost follows the scored users' events rather than sorting (or
+# joining embeddings to) the whole history; the embedding join then sees at most k events per
+# user. ``{where}`` narrows the rows read (see :func:`_latest_events`).
 _LATEST_EVENTS_SQL = """
 select unnest(latest, recursive := true)
 from (
     select max_by(
-        {
+        {{
             'event_id': event_id,
             'user_id': user_id,
             'event_type': event_type,
@@ -178,15 +180,74 @@ from (
             'weight': weight,
             'item_id': item_id,
             'query_text': query_text
-        },
+        }},
         (event_at, event_id),
         $limit
     ) as latest
     from user_item_interactions
-    where interval_start <= $interval_start and user_id in (select user_id from _rec_users)
+    where interval_start <= $interval_start and {where}
     group by user_id
 )
 """
+# Windows of recent intervals (hours) searched in turn for a user's latest events before the
+# whole history (only a speed-up: the result is the same; see _latest_events).
+_RECENT_WINDOWS_HOURS = (24, 24 * 7, 24 * 7 * 8)
+
+
+def _latest_events(con: duckdb.DuckDBPyConnection, interval_start: datetime, limit: int) -> None:
+    """``_rec_latest``: the latest ``limit`` events of each user of ``_rec_users``.
+
+    Most users' latest events are in the last hours, and an event can be dated at most
+    INTEREST_MAX_EVENT_SKEW_HOURS after its arrival hour (dbt quarantines the rest): so the
+    intervals of a recent window are read first, and a user whose ``limit``-th latest event
+    there is newer than anything an earlier interval can hold is done. The others go on to a
+    longer window, and only those left (new or quiet users) have their whole history read: a
+    long history of active users is not rescanned every hour.
+    """
+    params = {"interval_start": interval_start, "limit": limit}
+    con.execute("create or replace temp table _rec_pending as select user_id from _rec_users")
+    con.execute(
+        "create or replace temp table _rec_latest as "
+        + _LATEST_EVENTS_SQL.format(where="false"),
+        params,
+    )
+    for hours in _RECENT_WINDOWS_HOURS:
+        window = interval_start - timedelta(hours=hours - 1)
+        con.execute(
+            "create or replace temp table _rec_window as "
+            + _LATEST_EVENTS_SQL.format(
+                where="interval_start >= $window "
+                "and user_id in (select user_id from _rec_pending)"
+            ),
+            {**params, "window": window},
+        )
+        # Done: limit events there, all newer than an event of an earlier interval can be.
+        con.execute(
+            """
+            create or replace temp table _rec_done as
+            select user_id from _rec_window
+            group by user_id
+            having count(*) >= $limit and min(event_at) > $older_bound
+            """,
+            # An earlier interval ends by ``window`` (one hour after its start at the latest),
+            # so its events are dated at most that plus the skew.
+            {
+                "limit": limit,
+                "older_bound": window + timedelta(hours=1 + max_event_skew_hours()),
+            },
+        )
+        con.execute(
+            "insert into _rec_latest select * from _rec_window "
+            "where user_id in (select user_id from _rec_done)"
+        )
+        con.execute("delete from _rec_pending where user_id in (select user_id from _rec_done)")
+    con.execute(
+        "insert into _rec_latest "
+        + _LATEST_EVENTS_SQL.format(where="user_id in (select user_id from _rec_pending)"),
+        params,
+    )
+    for temp in ("_rec_pending", "_rec_window", "_rec_done"):
+        con.execute(f"drop table if exists {temp}")
 
 
 def _evidence_contributions(
@@ -194,19 +255,23 @@ def _evidence_contributions(
 ) -> pa.Table:
     """The contributions of each scored user's latest ``limit`` events up to this interval,
     ordered by user, newest first."""
-    inner = CONTRIBUTIONS_SQL.format(interactions=_LATEST_EVENTS_SQL)
-    return query_arrow(
-        con,
-        f"""
-        select contributions.* exclude (embedding), items.title
-        from ({inner}) as contributions
-        left join items
-            on contributions.text_kind = 'item' and contributions.item_id = items.item_id
-        order by contributions.user_id, contributions.event_at desc, contributions.event_id desc,
-            contributions.text_kind
-        """,
-        {"interval_start": interval_start, "model_id": model_id, "limit": limit},
-    )
+    _latest_events(con, interval_start, limit)
+    inner = CONTRIBUTIONS_SQL.format(interactions="select * from _rec_latest")
+    try:
+        return query_arrow(
+            con,
+            f"""
+            select contributions.* exclude (embedding), items.title
+            from ({inner}) as contributions
+            left join items
+                on contributions.text_kind = 'item' and contributions.item_id = items.item_id
+            order by contributions.user_id, contributions.event_at desc,
+                contributions.event_id desc, contributions.text_kind
+            """,
+            {"model_id": model_id},
+        )
+    finally:
+        con.execute("drop table if exists _rec_latest")
 
 
 def _consumed(

@@ -112,3 +112,15 @@ def test_an_event_counts_no_later_than_the_end_of_its_arrival_hour(con):
     add_event(con, "1", "u1", "view", H0 + 5 * HOUR, H0, item_id="a")  # clock ahead
     stats = catalogue_stats(con, ITEMS, H0, HALF_LIVES)
     assert stats.popularity[6.0][0] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_a_long_history_hour_by_hour_equals_a_scan(con):
+    # Beyond the recent intervals searched first: pairs seen again within them, and a user
+    # back after 50 hours with an old item (not a first engagement) and a new one.
+    _random_history(con, 60, seed=3)
+    add_event(con, "old", "u7", "view", H0, H0, item_id="a")
+    add_event(con, "back", "u7", "view", H0 + 50 * HOUR, H0 + 50 * HOUR, item_id="a")
+    add_event(con, "new", "u7", "view", H0 + 50 * HOUR, H0 + 50 * HOUR, item_id="b")
+    for h in range(60):
+        kept = catalogue_stats(con, ITEMS, H0 + h * HOUR, HALF_LIVES)
+        _same(kept, _from_scan(con, ITEMS, H0 + h * HOUR, HALF_LIVES))

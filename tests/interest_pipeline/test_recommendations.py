@@ -192,3 +192,34 @@ def test_evidence_comes_from_the_users_latest_events_by_event_time(con, fake_enc
     assert _evidence_items(con, "u1") == {"m2", "m3", "m5"}  # e0 is newer than the late e1
     write_recommendations(con, "fake", H0, H1, 5, 24.0, 100, CONTENT_ONLY)
     assert _evidence_items(con, "u1") == {"m2", "m3", "m4", "m5"}
+
+
+def test_latest_events_read_recent_hours_first_and_match_the_whole_history(con):
+    import pyarrow as pa
+
+    from interest_pipeline.recommendations import _LATEST_EVENTS_SQL, _latest_events
+
+    start = H0 + timedelta(hours=40)
+    for h in range(41):
+        at = H0 + timedelta(hours=h)
+        add_event(con, f"a{h}", "busy", "view", at + timedelta(minutes=30), at, item_id="m1")
+        add_event(con, f"b{h}", "busy", "view", at + timedelta(minutes=30), at, item_id="m2")
+    add_event(con, "q1", "quiet", "view", H0, H0, item_id="m3")  # only long ago
+    # Dated an hour after its arrival hour (the allowed skew), in an hour before the recent
+    # ones: it is still among the latest.
+    old = start - timedelta(hours=30)
+    add_event(con, "s1", "skewed", "view", old + timedelta(hours=2), old, item_id="m4")
+    for h in range(24):
+        at = start - timedelta(hours=h)
+        add_event(con, f"s{h + 2}", "skewed", "view", old + timedelta(minutes=h), at, item_id="m5")
+    con.register("_rec_users", pa.table({"user_id": ["busy", "quiet", "skewed", "nobody"]}))
+    _latest_events(con, start, 5)
+    fast = con.execute("select * from _rec_latest order by all").fetchall()
+    whole = con.execute(
+        _LATEST_EVENTS_SQL.format(where="user_id in (select user_id from _rec_users)")
+        + " order by all",
+        {"interval_start": start, "limit": 5},
+    ).fetchall()
+    assert fast == whole
+    assert {row[1] for row in fast} == {"busy", "quiet", "skewed"}
+    assert "s1" in {row[0] for row in fast}
