@@ -54,7 +54,7 @@ def run(args: Any) -> Section:
         con.close()
     size_mb = settings.warehouse_path.stat().st_size / 1e6
     publish_seconds, _ = timed(snapshot.publish_snapshot, settings.warehouse_path, hour,
-                               hour + HOUR)
+                               hour + HOUR, full=True)
     one_seconds, one = timed(erasure.forget_users, settings.warehouse_path, users[:1])
     ten_seconds, ten = timed(erasure.forget_users, settings.warehouse_path, users[1:])
     baseline = round(publish_seconds, 2)
