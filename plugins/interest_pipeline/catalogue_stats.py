@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -44,7 +45,7 @@ from interest_pipeline.config import min_event_time
 from interest_pipeline.warehouse import atomic, query_arrow
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     import duckdb
     import numpy as np
@@ -138,9 +139,11 @@ def catalogue_stats(
     item_ids: Sequence[str],
     interval_start: datetime,
     half_lives: Sequence[float],
+    cooccurrence: bool = True,
 ) -> CatalogueStats:
     """Popularity (for each of ``half_lives``) and co-occurrence over ``item_ids`` from the
-    events of every interval up to the one starting at ``interval_start``, as of its end.
+    events of every interval up to the one starting at ``interval_start``, as of its end
+    (``cooccurrence=False``: popularity only, the co-occurrence matrix left empty).
 
     Uses (and moves forward) the warehouse's aggregates when the interval is at or after their
     watermark, else computes the same numbers from a scan (module docstring). Needs a write
@@ -150,13 +153,13 @@ def catalogue_stats(
     state = _valid_state(con, wanted)
     if state is not None and interval_start < state:
         log.info("statistics for %s from a scan (state at %s)", interval_start, state)
-        return _from_scan(con, item_ids, interval_start, half_lives)
+        return _from_scan(con, item_ids, interval_start, half_lives, cooccurrence)
     if state is None:
         log.info("statistics state rebuilt from a scan at %s", interval_start)
         _rebuild(con, interval_start, wanted)
     elif interval_start > state:
         _advance(con, state, interval_start, wanted)
-    return _from_state(con, item_ids, interval_start, half_lives)
+    return _from_state(con, item_ids, interval_start, half_lives, cooccurrence)
 
 
 def _kept_half_lives() -> tuple[float, ...]:
@@ -420,21 +423,32 @@ def _write_state(
     )
 
 
-def _from_state(
-    con: duckdb.DuckDBPyConnection,
-    item_ids: Sequence[str],
-    interval_start: datetime,
-    half_lives: Sequence[float],
-) -> CatalogueStats:
-    import numpy as np
+@contextmanager
+def _items_registered(con: duckdb.DuckDBPyConnection, item_ids: Sequence[str]) -> Iterator[None]:
+    """``_stats_items`` (item_id, j: position in ``item_ids``) registered while inside."""
     import pyarrow as pa
-    import scipy.sparse as sp
 
     con.register("_stats_items", pa.table({
         "item_id": pa.array(list(item_ids), pa.string()),
         "j": pa.array(range(len(item_ids)), pa.int64()),
     }))
     try:
+        yield
+    finally:
+        con.unregister("_stats_items")
+
+
+def _from_state(
+    con: duckdb.DuckDBPyConnection,
+    item_ids: Sequence[str],
+    interval_start: datetime,
+    half_lives: Sequence[float],
+    cooccurrence: bool = True,
+) -> CatalogueStats:
+    import numpy as np
+    import scipy.sparse as sp
+
+    with _items_registered(con, item_ids):
         cooc = query_arrow(
             con,
             """
@@ -442,7 +456,9 @@ def _from_state(
             from item_cooccurrence as c
             inner join _stats_items as a on c.item_i = a.item_id
             inner join _stats_items as b on c.item_j = b.item_id
+            where $wanted
             """,
+            {"wanted": cooccurrence},
         )
         rows = con.execute(
             """
@@ -452,8 +468,6 @@ def _from_state(
             """,
             [[float(h) for h in half_lives]],
         ).fetchall()
-    finally:
-        con.unregister("_stats_items")
     sums = {(float(hl), int(j)): int.from_bytes(blob, "little") for hl, j, blob in rows}
     matrix = sp.csr_matrix(
         (
@@ -470,34 +484,31 @@ def _from_scan(
     item_ids: Sequence[str],
     interval_start: datetime,
     half_lives: Sequence[float],
+    cooccurrence: bool = True,
 ) -> CatalogueStats:
-    import pyarrow as pa
+    import scipy.sparse as sp
 
-    con.register("_stats_items", pa.table({
-        "item_id": pa.array(list(item_ids), pa.string()),
-        "j": pa.array(range(len(item_ids)), pa.int64()),
-    }))
-    try:
+    with _items_registered(con, item_ids):
         pairs = (
             "select * from ("
             + _PAIRS_SQL.format(where="interval_start <= $start")
             + ") semi join _stats_items using (item_id)"
         )
         params = {"start": interval_start}
-        table = query_arrow(
-            con,
-            f"""
-            select pairs.user_id, items.j
-            from ({pairs}) as pairs inner join _stats_items as items using (item_id)
-            """,
-            params,
-        )
-        matrix = _cooccurrence_counts(
-            table.column("user_id"), table.column("j"), len(item_ids)
-        ).tocsr()
+        matrix = sp.csr_matrix((len(item_ids), len(item_ids)))
+        if cooccurrence:
+            table = query_arrow(
+                con,
+                f"""
+                select pairs.user_id, items.j
+                from ({pairs}) as pairs inner join _stats_items as items using (item_id)
+                """,
+                params,
+            )
+            matrix = _cooccurrence_counts(
+                table.column("user_id"), table.column("j"), len(item_ids)
+            ).tocsr()
         by_item = _forward_sums(con, f"select *, 1 as sign from ({pairs})", params, half_lives)
-    finally:
-        con.unregister("_stats_items")
     index = {item: j for j, item in enumerate(item_ids)}
     sums = {(hl, index[item]): s for (hl, item), s in by_item.items()}
     return _assemble(matrix, sums, len(item_ids), interval_start, half_lives)

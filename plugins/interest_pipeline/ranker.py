@@ -498,7 +498,9 @@ def trending_orders(
     from interest_pipeline.catalogue_stats import catalogue_stats
 
     items = [r[0] for r in con.execute("select item_id from item_documents order by 1").fetchall()]
-    stats = catalogue_stats(con, items, as_of - timedelta(hours=1), half_lives)
+    stats = catalogue_stats(
+        con, items, as_of - timedelta(hours=1), half_lives, cooccurrence=False
+    )
     out = {}
     for half_life in half_lives:
         popularity = stats.popularity[float(half_life)]

@@ -215,13 +215,8 @@ def atomic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     if ids[0] == ids[1]:
         yield
         return
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         yield
-    except BaseException:
-        con.execute("rollback")
-        raise
-    con.execute("commit")
 
 
 def fetch_one(
