@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     import duckdb
     import numpy as np
+    import pyarrow as pa
     import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
@@ -242,33 +243,7 @@ def _advance(
             params,
         )
         _old_pairs(con, watermark)
-        # Co-occurrence: each pair first engaged in (W, T] with each other item of its user;
-        # with an item engaged before W also the mirrored entry (between two new pairs each
-        # direction comes from one of them).
-        con.execute(
-            """
-            create or replace temp table _stats_cooc_delta as
-            with first_engaged as (
-                select user_id, item_id from _stats_new_pairs
-                anti join _stats_old_pairs using (user_id, item_id)
-            ),
-            items_of_user as (
-                select user_id, item_id, false as is_new from _stats_old_pairs
-                union all
-                select user_id, item_id, true as is_new from first_engaged
-            ),
-            edges as (
-                select n.item_id as item_i, a.item_id as item_j
-                from first_engaged as n inner join items_of_user as a
-                    on n.user_id = a.user_id and n.item_id <> a.item_id
-                union all
-                select a.item_id as item_i, n.item_id as item_j
-                from first_engaged as n inner join items_of_user as a
-                    on n.user_id = a.user_id and not a.is_new
-            )
-            select item_i, item_j, count(*) as users from edges group by all
-            """
-        )
+        con.register("_stats_cooc_delta", _cooccurrence_delta(con))
         con.execute(
             """
             update item_cooccurrence
@@ -322,9 +297,53 @@ def _advance(
             )
             con.unregister("_changed")
             _write_sums(con, delta)
-        for temp in ("_stats_new_pairs", "_stats_old_pairs", "_stats_cooc_delta"):
+        con.unregister("_stats_cooc_delta")
+        for temp in ("_stats_new_pairs", "_stats_old_pairs"):
             con.execute(f"drop table if exists {temp}")
         _write_state(con, interval_start, half_lives)
+
+
+def _cooccurrence_delta(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """What the pairs of ``_stats_new_pairs`` engaged for the first time add to co-occurrence:
+    (item_i, item_j, users).
+
+    Per user, with N their first-engaged items and O their earlier ones, the counts grow by
+    every ordered pair of distinct items of N x (N + O) and of O x N: as sparse products,
+    N^T (N + O) + O^T N off the diagonal (the first term's diagonal is a new item with
+    itself; the second has none, as N and O are disjoint). Computed with scipy rather than
+    a self-join in SQL: a busy hour's new users give tens of millions of item pairs.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import scipy.sparse as sp
+
+    table = query_arrow(
+        con,
+        """
+        select user_id, item_id, true as is_new from _stats_new_pairs
+        anti join _stats_old_pairs using (user_id, item_id)
+        union all
+        select user_id, item_id, false as is_new from _stats_old_pairs
+        """,
+    )
+    users = pc.dictionary_encode(table.column("user_id").combine_chunks())
+    items = pc.dictionary_encode(table.column("item_id").combine_chunks())
+    rows, cols = users.indices.to_numpy(), items.indices.to_numpy()
+    new = table.column("is_new").to_numpy()
+    shape = (len(users.dictionary), len(items.dictionary))
+
+    def pairs(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((np.ones(int(mask.sum())), (rows[mask], cols[mask])), shape=shape)
+
+    first, earlier = pairs(new), pairs(~new)
+    delta = (first.T @ (first + earlier) + earlier.T @ first).tocoo()
+    off = delta.row != delta.col
+    return pa.table({
+        "item_i": items.dictionary.take(pa.array(delta.row[off], pa.int64())),
+        "item_j": items.dictionary.take(pa.array(delta.col[off], pa.int64())),
+        "users": pa.array(np.rint(delta.data[off]).astype(np.int64), pa.int64()),
+    })
 
 
 def _old_pairs(con: duckdb.DuckDBPyConnection, watermark: datetime) -> None:

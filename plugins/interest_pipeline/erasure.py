@@ -64,6 +64,9 @@ _LINE_USER = """coalesce(
     regexp_extract(line, '"{field}"\\s*:\\s*"([^"]*)"', 1)
 )"""
 
+# dbt tables rebuilt every hour that keep the raw `line` of the last run's hour.
+_HOURLY_LINE_TABLES = ("int_event_id_conflicts", "stg_landing__event_lines")
+
 
 def _hash(salt: str, user_id: str) -> str:
     return hashlib.sha256((salt + user_id).encode("utf-8")).hexdigest()
@@ -220,12 +223,16 @@ def _delete_rows(
     line_tables = [("raw.event_lines", "line"), ("raw.item_lines", "line")]
     if table_exists(con, "quarantine"):
         line_tables.append(("main.quarantine", "raw_line"))
-    # The last hour's conflicting lines (a dbt table, rebuilt every hour) quote users too.
-    if con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'main' "
-        "and table_name = 'int_event_id_conflicts' and table_type = 'BASE TABLE'"
-    ).fetchone()[0]:
-        line_tables.append(("main.int_event_id_conflicts", "line"))
+    # A line can quote a user where no user column sees it (a broken line, a follow's target),
+    # so the dbt tables that keep the last hour's lines are purged like the raw ones. Only base
+    # tables: as a view such a model reads the raw lines, purged above.
+    rebuilt = con.execute(
+        "select table_name from information_schema.tables where table_schema = 'main' "
+        "and table_catalog = current_database() and table_type = 'BASE TABLE' "
+        "and list_contains(?, table_name) order by table_name",
+        [list(_HOURLY_LINE_TABLES)],
+    ).fetchall()
+    line_tables += [(f"main.{name}", "line") for (name,) in rebuilt]
     for table, column in line_tables:
         _line_hits(con, table, column)
         record(table, "select user_id, count(*) from _hits group by 1")

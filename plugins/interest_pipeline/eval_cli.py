@@ -155,10 +155,17 @@ def scoring_fingerprint(settings: Settings) -> dict[str, Any]:
 def _scoring_code_digest() -> str:
     """A digest of the modules fold, training and recommend run: a change to the scoring code
     re-scores a cached warehouse as a change to its settings does."""
-    from interest_pipeline import ranker, recommendations, social, user_vectors
+    from interest_pipeline import (
+        catalogue_stats,
+        evidence,
+        ranker,
+        recommendations,
+        social,
+        user_vectors,
+    )
 
     digest = hashlib.sha256()
-    for module in (user_vectors, ranker, recommendations, social):
+    for module in (user_vectors, ranker, recommendations, social, catalogue_stats, evidence):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -55,15 +55,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from interest_pipeline.catalogue_stats import catalogue_stats
 from interest_pipeline.config import max_event_skew_hours
+from interest_pipeline.evidence import EvidenceWriter
 from interest_pipeline.social import (
     follows_sql,
     social_evidence,
@@ -89,7 +88,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONSUMED_EVENT_TYPES = ("purchase", "rate")
-EVIDENCE_PER_ITEM = 3
 # Users scored per matrix multiply: bounds memory at block x items floats.
 _USER_BLOCK = 1024
 # Distinct texts compared with the catalogue per matrix product of the several-interests term:
@@ -97,9 +95,6 @@ _USER_BLOCK = 1024
 _TEXT_BLOCK = 2048
 # Users whose evidence is computed in one product (their texts x the union of their lists).
 _EVIDENCE_BLOCK = 256
-# Compact UTF-8 JSON (msgspec, a small C extension, about 15 times faster than json.dumps):
-# a busy hour writes the evidence of hundreds of thousands of rows.
-_JSON = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True)
@@ -163,12 +158,11 @@ def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[np.ndarr
     return ids, vectors_to_numpy(table.column("embedding"))
 
 
-# Each scored user's latest ``$limit`` events up to the interval, newest first, into the
-# temp table ``_rec_latest``. A top-k aggregate keeps a heap of k per user while reading the
-# few columns it needs, so the cost follows the scored users' events rather than sorting (or
-# joining embeddings to) the whole history; the embedding join then sees at most k events per
-# user. ``{where}`` narrows the rows read (see :func:`_latest_events`).
-_LATEST_EVENTS_SQL = """
+# Each user's latest ``$limit`` events among the rows of ``{source}``, newest first. A top-k
+# aggregate keeps a heap of k per user while reading the few columns it needs, so the cost
+# follows the scored users' events rather than sorting (or joining embeddings to) the whole
+# history; the embedding join then sees at most k events per user.
+_TOP_EVENTS_SQL = """
 select unnest(latest, recursive := true)
 from (
     select max_by(
@@ -184,11 +178,14 @@ from (
         (event_at, event_id),
         $limit
     ) as latest
-    from user_item_interactions
-    where interval_start <= $interval_start and {where}
+    from {source}
     group by user_id
 )
 """
+# The same over the interactions up to the interval that ``{where}`` keeps (still a template).
+_LATEST_EVENTS_SQL = _TOP_EVENTS_SQL.replace(
+    "{source}", "user_item_interactions where interval_start <= $interval_start and {where}"
+)
 # Windows of recent intervals (hours) searched in turn for a user's latest events before the
 # whole history (only a speed-up: the result is the same; see _latest_events).
 _RECENT_WINDOWS_HOURS = (24, 24 * 7, 24 * 7 * 8)
@@ -200,32 +197,44 @@ def _latest_events(con: duckdb.DuckDBPyConnection, interval_start: datetime, lim
     Most users' latest events are in the last hours, and an event can be dated at most
     INTEREST_MAX_EVENT_SKEW_HOURS after its arrival hour (dbt quarantines the rest): so the
     intervals of a recent window are read first, and a user whose ``limit``-th latest event
-    there is newer than anything an earlier interval can hold is done. The others go on to a
-    longer window, and only those left (new or quiet users) have their whole history read: a
+    there is newer than anything an earlier interval can hold is done. The others go on to the
+    intervals of a longer window, and only those left (new or quiet users) to the rest of their
+    history. Each step reads only the intervals the previous ones did not, and merges what it
+    finds into the users' latest so far: every row of history is read at most once, and a
     long history of active users is not rescanned every hour.
     """
     params = {"interval_start": interval_start, "limit": limit}
     con.execute("create or replace temp table _rec_pending as select user_id from _rec_users")
+    # The pending users' latest events so far (within the intervals read).
     con.execute(
-        "create or replace temp table _rec_latest as "
-        + _LATEST_EVENTS_SQL.format(where="false"),
+        "create or replace temp table _rec_best as " + _LATEST_EVENTS_SQL.format(where="false"),
         params,
     )
-    for hours in _RECENT_WINDOWS_HOURS:
-        window = interval_start - timedelta(hours=hours - 1)
+    con.execute("create or replace temp table _rec_latest as select * from _rec_best")
+    newer = None  # intervals from this one on have been read
+    for hours in (*_RECENT_WINDOWS_HOURS, None):
+        window = interval_start - timedelta(hours=hours - 1) if hours else None
+        where, step = ["user_id in (select user_id from _rec_pending)"], dict(params)
+        if window is not None:
+            where.append("interval_start >= $window")
+            step["window"] = window
+        if newer is not None:
+            where.append("interval_start < $newer")
+            step["newer"] = newer
         con.execute(
-            "create or replace temp table _rec_window as "
-            + _LATEST_EVENTS_SQL.format(
-                where="interval_start >= $window "
-                "and user_id in (select user_id from _rec_pending)"
-            ),
-            {**params, "window": window},
+            "create or replace temp table _rec_found as "
+            + _LATEST_EVENTS_SQL.format(where=" and ".join(where)),
+            step,
         )
-        # Done: limit events there, all newer than an event of an earlier interval can be.
+        _merge_latest(con, limit)
+        newer = window
+        if window is None:
+            break
+        # Done: limit events, all newer than an event of an earlier interval can be.
         con.execute(
             """
             create or replace temp table _rec_done as
-            select user_id from _rec_window
+            select user_id from _rec_best
             group by user_id
             having count(*) >= $limit and min(event_at) > $older_bound
             """,
@@ -237,17 +246,31 @@ def _latest_events(con: duckdb.DuckDBPyConnection, interval_start: datetime, lim
             },
         )
         con.execute(
-            "insert into _rec_latest select * from _rec_window "
+            "insert into _rec_latest select * from _rec_best "
             "where user_id in (select user_id from _rec_done)"
         )
-        con.execute("delete from _rec_pending where user_id in (select user_id from _rec_done)")
-    con.execute(
-        "insert into _rec_latest "
-        + _LATEST_EVENTS_SQL.format(where="user_id in (select user_id from _rec_pending)"),
-        params,
-    )
-    for temp in ("_rec_pending", "_rec_window", "_rec_done"):
+        for table in ("_rec_best", "_rec_pending"):
+            con.execute(f"delete from {table} where user_id in (select user_id from _rec_done)")
+    con.execute("insert into _rec_latest select * from _rec_best")
+    for temp in ("_rec_pending", "_rec_best", "_rec_found", "_rec_done"):
         con.execute(f"drop table if exists {temp}")
+
+
+def _merge_latest(con: duckdb.DuckDBPyConnection, limit: int) -> None:
+    """Fold ``_rec_found`` (latest events within newly read intervals) into ``_rec_best``:
+    only the users found there change, to the latest ``limit`` of both."""
+    con.execute(
+        "create or replace temp table _rec_merged as "
+        + _TOP_EVENTS_SQL.format(
+            source="(select * from _rec_best "
+            "where user_id in (select user_id from _rec_found) "
+            "union all select * from _rec_found)"
+        ),
+        {"limit": limit},
+    )
+    con.execute("delete from _rec_best where user_id in (select user_id from _rec_found)")
+    con.execute("insert into _rec_best select * from _rec_merged")
+    con.execute("drop table _rec_merged")
 
 
 def _evidence_contributions(
@@ -298,30 +321,6 @@ def _consumed(
         [interval_start],
     ).fetchall()
     return {user: np.array(js, dtype=np.int64) for user, js in rows}
-
-
-def _evidence_for(
-    cosines: np.ndarray, contrib_coef: np.ndarray, contrib_meta: Callable[[int], bytes]
-) -> list[list[bytes]]:
-    """For each recommended item, the contributions pushing the user most towards it, as
-    JSON objects (``cosines``: contributions x recommended items; ``contrib_meta(k)``: the
-    object of contribution k without its closing brace, see :meth:`_Context.meta`)."""
-    import numpy as np
-
-    if len(contrib_coef) == 0:
-        return [[] for _ in range(cosines.shape[1])]
-    pull = cosines * contrib_coef[:, None]  # contributions x items
-    # The strongest contributions of every item at once (stable: ties keep event order).
-    order = np.argsort(-pull, axis=0, kind="stable")[:EVIDENCE_PER_ITEM]
-    strongest = np.take_along_axis(pull, order, axis=0).tolist()
-    return [
-        [
-            contrib_meta(k) + b',"contribution":' + _JSON(round(value, 4)) + b"}"
-            for k, value in zip(ks, values, strict=True)
-            if value > 0
-        ]
-        for ks, values in zip(order.T.tolist(), np.asarray(strongest).T.tolist(), strict=True)
-    ]
 
 
 def write_recommendations(
@@ -552,40 +551,18 @@ class _Context:
         self.ev_coef = rows.column("weight").to_numpy(zero_copy_only=False) * decay(
             ages, half_life_hours
         )
-        self.ev_item = np.array(
-            [
-                self.item_index.get(item, -1) if kind == "item" else -1
-                for item, kind in zip(
-                    rows.column("item_id").to_pylist(),
-                    rows.column("text_kind").to_pylist(),
-                    strict=True,
-                )
-            ],
-            dtype=np.int64,
+        # Each contribution's catalogue position (-1: a query or tag, or an item not listed).
+        position = pc.index_in(
+            rows.column("item_id"), value_set=pa.array(self.item_ids.tolist(), pa.string())
         )
-        # What evidence shows of a contribution, as plain lists: a dict is made only for
-        # the few contributions that end up in some list's evidence.
-        self.ev_columns = {
-            name: rows.column(name).to_pylist()
-            for name in ("event_type", "item_id", "text_kind", "title", "text", "event_at")
-        }
-        self._meta: dict[int, bytes] = {}
+        self.ev_item = pc.fill_null(
+            pc.if_else(pc.equal(rows.column("text_kind"), "item"), position, None), -1
+        ).to_numpy().astype(np.int64)
+        # What evidence shows of each contribution (see interest_pipeline.evidence).
+        self.contributions = rows.select(
+            ["event_type", "item_id", "text_kind", "title", "text", "event_at"]
+        )
         self.ev_bounds = _group_bounds(ev_users, np.array(users, dtype=object))
-
-    def meta(self, k: int) -> bytes:
-        """What the evidence shows of contribution ``k``: its JSON object without the
-        closing brace, to which each list appends its own ``contribution``."""
-        found = self._meta.get(k)
-        if found is None:
-            c = self.ev_columns
-            item = c["text_kind"][k] == "item"
-            found = self._meta[k] = _JSON({
-                "event_type": c["event_type"][k],
-                "item_id": c["item_id"][k] if item else None,
-                "text": c["title"][k] if item else c["text"][k],
-                "event_at": c["event_at"][k].isoformat(sep=" "),
-            })[:-1]
-        return found
 
     def has_taste(self, user: str) -> bool:
         """False for a user known only from negative signals (cancellations): the vector points
@@ -724,23 +701,74 @@ class _Context:
             for (lo, hi), top in zip(spans, tops, strict=True)
         ]
 
-    def evidence(
-        self, user: str, top: np.ndarray, cosines: np.ndarray | None = None
-    ) -> list[list[bytes]]:
-        """Evidence for the user's recommended items (see :func:`_evidence_for`);
-        ``cosines``: the user's :meth:`evidence_cosines` when computed for a block."""
-        lo, hi = self.ev_bounds.get(user, (0, 0))
-        if cosines is None:
-            (cosines,) = self.evidence_cosines([user], [top])
-        own = _evidence_for(cosines, self.ev_coef[lo:hi], lambda k: self.meta(lo + k))
+    def social_entries(self, user: str, top: np.ndarray) -> list[dict | None] | None:
+        """Per listed item, its social evidence entry (people the user follows engaged with
+        it) or None; None for a user whose followees engaged with nothing."""
         people = self.social_people.get(user)
         if not people:
-            return own
+            return None
         signal = self.social[user]
         return [
-            ([_JSON(social_evidence(people[j], signal[j]))] if j in people else []) + ev
-            for j, ev in zip(top.tolist(), own, strict=True)
+            social_evidence(people[j], signal[j]) if j in people else None for j in top.tolist()
         ]
+
+
+class _Lists:
+    """The hour's recommended rows, collected list by list and written as one table."""
+
+    def __init__(self, ctx: _Context | None) -> None:
+        self.users: list[str] = []
+        self.tops: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.evidence = EvidenceWriter(ctx.contributions) if ctx is not None else None
+
+    def add(
+        self, ctx: _Context, user: str, row: np.ndarray, top: np.ndarray, cosines: np.ndarray
+    ) -> None:
+        """The user's list ``top`` (catalogue positions, in rank order) scored by ``row``;
+        ``cosines``: their contributions x the listed items (:meth:`_Context.evidence_cosines`)."""
+        lo, hi = ctx.ev_bounds.get(user, (0, 0))
+        self.users.append(user)
+        self.tops.append(top)
+        self.scores.append(row[top])
+        assert self.evidence is not None
+        self.evidence.add(cosines, ctx.ev_coef[lo:hi], lo, ctx.social_entries(user, top))
+
+    def table(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        item_ids: np.ndarray,
+        as_of: datetime,
+        model_id: str,
+        ranker_version: str,
+    ) -> pa.Table:
+        """Rows (user_id, as_of, rank, item_id, score, model_id, evidence, ranker_version)."""
+        import numpy as np
+        import pyarrow as pa
+
+        counts = np.array([len(top) for top in self.tops], dtype=np.int64)
+        total = int(counts.sum())
+        top = np.concatenate(self.tops) if self.tops else np.zeros(0, np.int64)
+        starts = np.cumsum(counts) - counts
+        evidence = (
+            self.evidence.column(con) if self.evidence is not None else pa.array([], pa.string())
+        )
+        return pa.table(
+            {
+                "user_id": pa.array(np.repeat(np.array(self.users, dtype=object), counts),
+                                    pa.string()),
+                "as_of": pa.array(np.full(total, np.datetime64(as_of, "us")), pa.timestamp("us")),
+                "rank": pa.array(np.arange(total) - np.repeat(starts, counts) + 1, pa.int32()),
+                "item_id": pa.array(item_ids[top] if total else [], pa.string()),
+                "score": pa.array(
+                    np.concatenate(self.scores) if self.scores else np.zeros(0), pa.float64()
+                ),
+                "model_id": pa.array(np.full(total, model_id, dtype=object), pa.string()),
+                "evidence": evidence,
+                "ranker_version": pa.array(np.full(total, ranker_version, dtype=object),
+                                           pa.string()),
+            }
+        )
 
 
 def recommend(
@@ -759,21 +787,22 @@ def recommend(
     for the users of ``users_table`` (user_id, unit interest vector), from what is known at
     ``interval_end`` (events of intervals up to the one starting at ``interval_start``), scored
     by ``ranker`` (default: the documented default weights of ``config``)."""
-    import pyarrow as pa
+    import numpy as np
 
     from interest_pipeline.ranker import default_ranker
 
     ranker = ranker or default_ranker(config)
     weights = ranker.weight_vector()
     new_item_rank = new_item_slot()
-    out: dict[str, list] = {k: [] for k in ("user_id", "rank", "item_id", "score", "evidence")}
     users = users_table.column("user_id").to_numpy(zero_copy_only=False)
+    ctx = None
     if users_table.num_rows:
         ctx = _Context(
             con, model_id, users.tolist(), interval_start, interval_end,
             half_life_hours, evidence_events, config,
         )
-    if users_table.num_rows and len(ctx.item_ids):
+    out = _Lists(ctx)
+    if ctx is not None and len(ctx.item_ids):
         user_vecs = _vectors_or_zeros(users_table.column("vector"), ctx.item_vecs.shape[1])
         n = min(top_n, len(ctx.item_ids))
         for block in range(0, len(users), _USER_BLOCK):
@@ -783,19 +812,8 @@ def recommend(
                 ctx, users[block : block + _USER_BLOCK], cosines, interests, weights, n,
                 new_item_rank, out,
             )
-    count = len(out["user_id"])
-    return pa.table(
-        {
-            "user_id": pa.array(out["user_id"], pa.string()),
-            "as_of": pa.array([interval_end] * count, pa.timestamp("us")),
-            "rank": pa.array(out["rank"], pa.int32()),
-            "item_id": pa.array(out["item_id"], pa.string()),
-            "score": pa.array(out["score"], pa.float64()),
-            "model_id": pa.array([model_id] * count, pa.string()),
-            "evidence": pa.array(out["evidence"], pa.binary()).cast(pa.string()),
-            "ranker_version": pa.array([ranker.version] * count, pa.string()),
-        }
-    )
+    item_ids = ctx.item_ids if ctx is not None else np.zeros(0, dtype=object)
+    return out.table(con, item_ids, interval_end, model_id, ranker.version)
 
 
 def _vectors_or_zeros(column: pa.ChunkedArray, dim: int) -> np.ndarray:
@@ -821,7 +839,7 @@ def _score_block(
     weights: np.ndarray,
     n: int,
     new_item_rank: int,
-    out: dict[str, list],
+    out: _Lists,
 ) -> None:
     """Rank the catalogue for each user of a block and append their rows to ``out``."""
     import numpy as np
@@ -840,14 +858,7 @@ def _score_block(
         chunk = ranked[lo : lo + _EVIDENCE_BLOCK]
         sims = ctx.evidence_cosines([u for u, _, _ in chunk], [t for _, _, t in chunk])
         for (user, row, top), cos in zip(chunk, sims, strict=True):
-            for rank, (j, ev) in enumerate(
-                zip(top, ctx.evidence(user, top, cos), strict=True), start=1
-            ):
-                out["user_id"].append(user)
-                out["rank"].append(rank)
-                out["item_id"].append(ctx.item_ids[j])
-                out["score"].append(float(row[j]))
-                out["evidence"].append(b"[" + b",".join(ev) + b"]")
+            out.add(ctx, user, row, top, cos)
 
 
 def _top(row: np.ndarray, n: int) -> np.ndarray:

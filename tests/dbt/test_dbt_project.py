@@ -37,7 +37,8 @@ ITEMS_1 = "items/date=2024-01-01/hour=10/part-0.jsonl"
 ITEMS_2 = "items/date=2024-01-01/hour=11/part-0.jsonl"
 
 # Tables that accumulate every hour: after a rerun of hour 1 they must equal the state after
-# hour 2. The staging views show only the last run's hour.
+# hour 2. The staging models of the landed lines hold only the last run's hour (the event
+# lines as a table rebuilt every run, the item lines as a view).
 ACCUMULATED_TABLES = [
     "stg_landing__events",
     "stg_landing__items",
@@ -46,7 +47,7 @@ ACCUMULATED_TABLES = [
     "items",
     "item_documents",
 ]
-CURRENT_HOUR_VIEWS = ["stg_landing__event_lines", "stg_landing__item_lines"]
+CURRENT_HOUR_MODELS = ["stg_landing__event_lines", "stg_landing__item_lines"]
 
 
 def _event(event_id: Any, event_type: str, user_id: Any = "u1", **fields: Any) -> str:
@@ -198,7 +199,7 @@ def _snapshot(warehouse: Path) -> dict[str, list[tuple]]:
     with duckdb.connect(str(warehouse), read_only=True) as con:
         return {
             table: sorted(con.execute(f"select * from main.{table}").fetchall(), key=_sort_key)
-            for table in ACCUMULATED_TABLES + CURRENT_HOUR_VIEWS
+            for table in ACCUMULATED_TABLES + CURRENT_HOUR_MODELS
         }
 
 
@@ -390,8 +391,8 @@ def test_item_documents_hash_what_python_hashes(runs: dict[str, Run]) -> None:
 def test_rerun_changes_nothing(runs: dict[str, Run]) -> None:
     for table in ACCUMULATED_TABLES:
         assert runs["rerun"].tables[table] == runs["second"].tables[table], table
-    for view in CURRENT_HOUR_VIEWS:
-        assert runs["rerun"].tables[view] == runs["first"].tables[view], view
+    for model in CURRENT_HOUR_MODELS:
+        assert runs["rerun"].tables[model] == runs["first"].tables[model], model
 
 
 def test_rerun_leaves_no_duplicates(runs: dict[str, Run]) -> None:

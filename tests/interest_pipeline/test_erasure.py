@@ -2,8 +2,10 @@
 
 Three busy retail hours, plus searches with texts only the two erased users typed, a follow of
 one of them by someone else and a broken line of theirs, go through the stages in-process
-(real dbt, the real model). Then both users are forgotten and the whole window is processed
-again from a landing zone that still holds their lines (the source system's, not purged).
+(real dbt, the real model). The last hour adds another broken line of theirs and a line that
+reuses the id of one of their searches, for the dbt tables that keep that hour's raw lines.
+Then both users are forgotten and the whole window is processed again from a landing zone that
+still holds their lines (the source system's, not purged).
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def _rows_naming(path: Path, needles: list[str]) -> list[tuple[str, str]]:
         con.close()
 
 
+def _last_hour_lines(path: Path, needles: list[str]) -> dict[str, int]:
+    """Rows of the dbt tables that keep the last hour's raw lines whose line quotes a needle as
+    a JSON string."""
+    quoted = [json.dumps(n) for n in needles]
+    return {
+        table: _query(
+            path,
+            f"select count(*) from {table} where exists "
+            "(select 1 from unnest(?::varchar[]) as needle(n) where contains(line, n))",
+            [quoted],
+        )[0][0]
+        for table in ("main.stg_landing__event_lines", "main.int_event_id_conflicts")
+    }
+
+
 def _per_user(path: Path, table: str, users: set[str]) -> list[tuple]:
     rows = _query(path, f"select * from {table} order by all")
     return [r for r in rows if r[0] not in users]
@@ -116,11 +133,23 @@ def erased(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (partition_dir(landing, "events", hours[1]) / "part-99999.jsonl.gz").write_bytes(
         gzip.compress(("\n".join(extra) + "\n").encode())
     )
+    # The last hour is what stg_landing__event_lines and int_event_id_conflicts hold at the
+    # erasure: a broken line (no user column names them) and a conflicting copy of a search.
+    last = [
+        f'{{"event_id": "broken-last", "user_id": "{victims[1]}", "event_type": ',
+        json.dumps({"event_id": f"s-{victims[0]}",
+                    "event_time": f"{hours[-1]:%Y-%m-%dT%H}:12:00Z",
+                    "user_id": victims[0], "event_type": "search", "query": texts[0]}),
+    ]
+    (partition_dir(landing, "events", hours[-1]) / "part-99999.jsonl.gz").write_bytes(
+        gzip.compress(("\n".join(last) + "\n").encode())
+    )
     for hour in hours:
         stages.run_interval(hour, hour + timedelta(hours=1), settings)
     before = {
         "found": _files_containing(data, victims + texts),
         "rows": _rows_naming(settings.warehouse_path, victims + texts),
+        "last_hour_lines": _last_hour_lines(settings.warehouse_path, victims),
         "vectors": _per_user(settings.warehouse_path, "user_interest_vectors",
                              set(victims) | {follower}),
         "recommendations": _per_user(settings.warehouse_path, "recommendations", set(victims)),
@@ -135,6 +164,7 @@ def erased(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     after = {
         "found": _files_containing(data, victims + texts),
         "rows": _rows_naming(settings.warehouse_path, victims + texts),
+        "last_hour_lines": _last_hour_lines(settings.warehouse_path, victims),
         "vectors": _per_user(settings.warehouse_path, "user_interest_vectors",
                              set(victims) | {follower}),
         "recommendations": _per_user(settings.warehouse_path, "recommendations", set(victims)),
@@ -165,6 +195,16 @@ def test_no_row_and_no_byte_names_them_after_forgetting(erased):
     assert erased["after"]["found"] == {}
     deleted = erased["result"]["rows_deleted"]
     assert deleted["main.user_interest_vectors"] > 0 and deleted["main.text_embeddings"] == 2
+
+
+def test_the_dbt_tables_of_the_last_hour_lose_their_lines(erased):
+    """stg_landing__event_lines and int_event_id_conflicts are tables holding the last hour's
+    raw lines; the broken one names no user in any column, only in its text."""
+    before, after = erased["before"]["last_hour_lines"], erased["after"]["last_hour_lines"]
+    # the broken line and the conflicting copy, besides any ordinary events of theirs
+    assert before["main.stg_landing__event_lines"] >= 2
+    assert before["main.int_event_id_conflicts"] == 1
+    assert after == {table: 0 for table in before}
 
 
 def test_other_users_keep_their_vectors_and_lists(erased):

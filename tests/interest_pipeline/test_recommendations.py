@@ -212,7 +212,14 @@ def test_latest_events_read_recent_hours_first_and_match_the_whole_history(con):
     for h in range(24):
         at = start - timedelta(hours=h)
         add_event(con, f"s{h + 2}", "skewed", "view", old + timedelta(minutes=h), at, item_id="m5")
-    con.register("_rec_users", pa.table({"user_id": ["busy", "quiet", "skewed", "nobody"]}))
+    # A few events in each window and before them all: their latest are merged across the
+    # windows read in turn.
+    for n, hours_ago in enumerate((1, 3, 50, 100, 24 * 60, 24 * 70)):
+        at = start - timedelta(hours=hours_ago)
+        add_event(con, f"w{n}", "spread", "view", at, at, item_id="m6")
+    con.register(
+        "_rec_users", pa.table({"user_id": ["busy", "quiet", "skewed", "spread", "nobody"]})
+    )
     _latest_events(con, start, 5)
     fast = con.execute("select * from _rec_latest order by all").fetchall()
     whole = con.execute(
@@ -221,5 +228,6 @@ def test_latest_events_read_recent_hours_first_and_match_the_whole_history(con):
         {"interval_start": start, "limit": 5},
     ).fetchall()
     assert fast == whole
-    assert {row[1] for row in fast} == {"busy", "quiet", "skewed"}
+    assert {row[1] for row in fast} == {"busy", "quiet", "skewed", "spread"}
     assert "s1" in {row[0] for row in fast}
+    assert {row[0] for row in fast if row[1] == "spread"} == {"w0", "w1", "w2", "w3", "w4"}

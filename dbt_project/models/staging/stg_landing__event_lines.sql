@@ -1,3 +1,9 @@
+{#-
+    A table, not a view: stg_landing__events, int_event_id_conflicts and quarantine all read
+    it, and as a view each of them re-parsed every JSON line of the interval. It holds only
+    the current run's interval and is rebuilt every run.
+-#}
+{{ config(materialized='table') }}
 with
 
 source as (
