@@ -12,7 +12,9 @@ item, and a new-item indicator) is fitted from the warehouse's own history on a 
   was known at ``T``, by the same code the recommend stage uses. Candidates are each feature's
   top ``CANDIDATES_PER_FEATURE`` items; a user none of whose relevant items is a candidate
   teaches nothing and is left out. At most ``users_per_cutoff`` users per cut-off (a
-  deterministic sample by hashed id).
+  deterministic sample by hashed id). A cut-off's examples are computed once per process and
+  reused by the next days' fits while the warehouse rows they come from are unchanged
+  (:func:`_data_key`).
 - **Model.** A linear blend ``score = w · features``. A listwise softmax loss (the negative
   log-likelihood of the relevant items under a softmax over the user's candidates,
   ListNet-style, small L2 penalty, L-BFGS) gives a first fit; the better of it and the
@@ -40,12 +42,13 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from interest_pipeline.bootstrap import paired_bootstrap
-from interest_pipeline.warehouse import fetch_one, query_arrow, transaction
+from interest_pipeline.warehouse import fetch_one, query_arrow, table_exists, transaction
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -238,6 +241,26 @@ class _Examples:
     cutoff: list[datetime] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Cutoff:
+    """What one training cut-off gives a fit: its users' candidates (features, labels) and,
+    per trending half-life, the summed NDCG@10 of its new users (None: it had none)."""
+
+    x: tuple[np.ndarray, ...]
+    y: tuple[np.ndarray, ...]
+    trending: dict[float, float] | None
+
+
+# (parameters, data key) -> _Cutoff, least recently used first (see _cutoff and _data_key).
+# A daily fit over ``training_days`` of cut-offs would recompute all but one of the previous
+# day's: memoized, each is computed once per process (an offline evaluation runs every day's
+# fit in one). An entry is users x candidates x features doubles, ~26 KB a user on a retail
+# shop (~400 candidates): under 1 MB at its ~35 users, ~5 MB at users_per_cutoff = 200; 64
+# entries hold the default fortnight of cut-offs for a few configurations (ablations).
+_CUTOFF_CACHE: OrderedDict[tuple, _Cutoff] = OrderedDict()
+_CUTOFF_CACHE_SIZE = 64
+
+
 def _sample(users: list[str], n: int) -> list[str]:
     """A deterministic sample of ``n`` users (by hashed id, so it does not favour an id range)."""
     keyed = sorted(users, key=lambda u: hashlib.sha256(u.encode()).hexdigest())
@@ -335,6 +358,99 @@ def _cutoff_examples(
         examples.cutoff.append(cutoff)
         added += 1
     return added
+
+
+def _data_key(
+    con: duckdb.DuckDBPyConnection, model_id: str, cutoff: datetime, horizon_hours: float
+) -> tuple | None:
+    """A cheap fingerprint of the warehouse rows a cut-off's examples and trending sums are
+    read from (None: an in-memory database, which has no identity to key on).
+
+    The rule of ``catalogue_stats._valid_state``: row counts. Everything the cut-off reads is
+    an interaction with ``interval_start < T + horizon`` (the relevant items; the scoring
+    context and statistics at T read less), a vector version with ``as_of <= T``, the
+    catalogue and the model's embeddings. Processed in order, hours only append rows to later
+    intervals (and versions at later ``as_of``), so a count below the bound is final once its
+    hour is done, and a changed count (a late row, an erasure, an hour rebuilt with more or
+    fewer rows) is a miss, never a stale entry. ``<``, not ``<=``: the rows of the hour at
+    ``T + horizon`` land after a fit at that time and are never read for T. The catalogue,
+    small and edited in place, is hashed rather than counted. What the rule misses: a rewrite
+    below the bound that keeps every count (an hour rebuilt with as many but different rows,
+    vectors refolded with another half-life, a warehouse file replaced by another with the same
+    counts) would be served the old examples; clear ``_CUTOFF_CACHE`` after such a rewrite.
+    """
+    end = cutoff + timedelta(hours=horizon_hours)
+    ((path,),) = con.execute(
+        "select path from duckdb_databases() where database_name = current_database()"
+    ).fetchall()
+    if not path or path == ":memory:":
+        return None
+    params = {"end": end, "cutoff": cutoff, "model_id": model_id}
+    counts = con.execute(
+        """
+        select
+            (select count(*) from user_item_interactions where interval_start < $end),
+            (select count(*) from user_interest_vectors
+                where model_id = $model_id and as_of <= $cutoff),
+            (select count(*) from item_documents),
+            (select sum(hash(item_id, text_hash)) from item_documents),
+            (select count(*) from text_embeddings where model_id = $model_id)
+        """,
+        params,
+    ).fetchall()[0]
+    social = (
+        con.execute(
+            "select count(*) from user_social_vectors "
+            "where model_id = $model_id and as_of <= $cutoff",
+            {"cutoff": cutoff, "model_id": model_id},
+        ).fetchall()[0][0]
+        if table_exists(con, "user_social_vectors")
+        else None
+    )
+    return (path, *counts, social)
+
+
+def _cutoff(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    cutoff: datetime,
+    settings: RankerSettings,
+    half_life_hours: float,
+    evidence_events: int,
+    config: ScoringConfig,
+) -> _Cutoff:
+    """One cut-off's examples and trending sums, from the memo when the parameters and the
+    data key (:func:`_data_key`) match an earlier computation in this process."""
+    from interest_pipeline.catalogue_stats import popularity_epoch
+    from interest_pipeline.evaluation import relevant_items
+
+    data = _data_key(con, model_id, cutoff, settings.horizon_hours)
+    # Everything the computation reads besides the warehouse: the settings it uses, the
+    # environment (INTEREST_RANKER_FEATURES via feature_mask, the popularity epoch) and the
+    # module's constants.
+    key = (
+        cutoff, model_id, settings.users_per_cutoff, settings.horizon_hours, half_life_hours,
+        evidence_events, config, tuple(feature_mask().tolist()), popularity_epoch(),
+        CANDIDATES_PER_FEATURE, TRENDING_HALF_LIVES, data,
+    )
+    hit = _CUTOFF_CACHE.get(key) if data is not None else None
+    if hit is not None:
+        _CUTOFF_CACHE.move_to_end(key)
+        return hit
+    relevant = relevant_items(con, cutoff, settings.horizon_hours)
+    examples = _Examples()
+    _cutoff_examples(
+        con, model_id, cutoff, settings, half_life_hours, evidence_events, config, relevant,
+        examples,
+    )
+    for array in (*examples.x, *examples.y):
+        array.flags.writeable = False  # shared by every later fit that reuses the entry
+    entry = _Cutoff(tuple(examples.x), tuple(examples.y), _trending_sums(con, cutoff, relevant))
+    if data is not None:
+        _CUTOFF_CACHE[key] = entry
+        while len(_CUTOFF_CACHE) > _CUTOFF_CACHE_SIZE:
+            _CUTOFF_CACHE.popitem(last=False)
+    return entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,23 +574,38 @@ def ndcg_on_candidates(
     return _Stacked(xs, ys, k).ndcg(w) if xs else 0.0
 
 
-def _trending_half_life(
-    con: duckdb.DuckDBPyConnection, relevant_at: dict[datetime, dict[str, set[str]]]
-) -> tuple[float, dict[str, float]]:
-    """The popularity half-life whose order best serves the new users of the cut-offs
-    (``relevant_at``: each cut-off's users and their later items)."""
+def _trending_sums(
+    con: duckdb.DuckDBPyConnection, cutoff: datetime, relevant: dict[str, set[str]]
+) -> dict[float, float] | None:
+    """Per trending half-life, the summed NDCG@10 of the popularity order for the new users
+    of a cut-off (``relevant``: its users and their later items); None when it has none."""
     from interest_pipeline.evaluation import _known_users, ndcg_at_k
 
+    known = _known_users(con, cutoff)
+    new = {u: r for u, r in relevant.items() if u not in known}
+    if not new:
+        return None
+    orders = trending_orders(con, cutoff, TRENDING_HALF_LIVES, 10)
+    return {
+        half_life: sum(ndcg_at_k([item for item, _ in orders[half_life]], r, 10)
+                       for r in new.values())
+        for half_life in TRENDING_HALF_LIVES
+    }
+
+
+def _trending_half_life(
+    sums_at: dict[datetime, dict[float, float] | None],
+) -> tuple[float, dict[str, float]]:
+    """The popularity half-life whose order best serves the new users of the cut-offs
+    (``sums_at``: each cut-off's :func:`_trending_sums`)."""
     totals = dict.fromkeys(TRENDING_HALF_LIVES, 0.0)
-    for cutoff, relevant in relevant_at.items():
-        known = _known_users(con, cutoff)
-        new = {u: r for u, r in relevant.items() if u not in known}
-        if not new:
+    # Added cut-off by cut-off in time order, each cut-off's own sum first: the same floats
+    # whether the sums were computed now or memoized.
+    for sums in sums_at.values():
+        if sums is None:
             continue
-        orders = trending_orders(con, cutoff, TRENDING_HALF_LIVES, 10)
         for half_life in TRENDING_HALF_LIVES:
-            order = [item for item, _ in orders[half_life]]
-            totals[half_life] += sum(ndcg_at_k(order, r, 10) for r in new.values())
+            totals[half_life] += sums[half_life]
     best = max(TRENDING_HALF_LIVES, key=lambda h: (totals[h], -h))
     return best, {f"{h:g}": round(v, 4) for h, v in totals.items()}
 
@@ -523,7 +654,6 @@ def train_ranker(
     (replacing an earlier fit at the same time). Returns a summary for XCom."""
     import numpy as np
 
-    from interest_pipeline.evaluation import relevant_items
     from interest_pipeline.recommendations import FEATURES
 
     s = settings or ranker_settings()
@@ -540,18 +670,18 @@ def train_ranker(
         cutoffs.append(t)
         t -= step
     cutoffs.reverse()
-    # Read once per cut-off: the examples and the trending fit both need it.
-    relevant_at = {c: relevant_items(con, c, s.horizon_hours) for c in cutoffs}
     examples = _Examples()
-    for cutoff, relevant in relevant_at.items():
-        _cutoff_examples(
-            con, model_id, cutoff, s, half_life_hours, evidence_events, config, relevant,
-            examples,
-        )
+    trending_at: dict[datetime, dict[float, float] | None] = {}
+    for cutoff in cutoffs:
+        part = _cutoff(con, model_id, cutoff, s, half_life_hours, evidence_events, config)
+        examples.x.extend(part.x)
+        examples.y.extend(part.y)
+        examples.cutoff.extend([cutoff] * len(part.y))
+        trending_at[cutoff] = part.trending
     defaults = default_weights(config)
     w_default = np.array([defaults[f] for f in FEATURES])
     trending, trending_scores = (
-        _trending_half_life(con, relevant_at) if cutoffs else (
+        _trending_half_life(trending_at) if cutoffs else (
             config.popularity_half_life_hours, {}
         )
     )

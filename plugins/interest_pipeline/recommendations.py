@@ -211,6 +211,7 @@ def _latest_events(con: duckdb.DuckDBPyConnection, interval_start: datetime, lim
         params,
     )
     con.execute("create or replace temp table _rec_latest as select * from _rec_best")
+    best = 0  # rows in _rec_best: a step that finds or settles nothing skips its writes
     newer = None  # intervals from this one on have been read
     for hours in (*_RECENT_WINDOWS_HOURS, None):
         window = interval_start - timedelta(hours=hours - 1) if hours else None
@@ -221,17 +222,22 @@ def _latest_events(con: duckdb.DuckDBPyConnection, interval_start: datetime, lim
         if newer is not None:
             where.append("interval_start < $newer")
             step["newer"] = newer
-        con.execute(
+        found = _count(con.execute(
             "create or replace temp table _rec_found as "
             + _LATEST_EVENTS_SQL.format(where=" and ".join(where)),
             step,
-        )
-        _merge_latest(con, limit)
+        ))
+        if found and best:
+            best = _merge_latest(con, limit, best)
+        elif found:
+            best = _count(con.execute("insert into _rec_best select * from _rec_found"))
         newer = window
         if window is None:
             break
+        if not best:
+            continue  # nothing found yet, so nobody to settle
         # Done: limit events, all newer than an event of an earlier interval can be.
-        con.execute(
+        done = _count(con.execute(
             """
             create or replace temp table _rec_done as
             select user_id from _rec_best
@@ -244,21 +250,32 @@ def _latest_events(con: duckdb.DuckDBPyConnection, interval_start: datetime, lim
                 "limit": limit,
                 "older_bound": window + timedelta(hours=1 + max_event_skew_hours()),
             },
-        )
-        con.execute(
-            "insert into _rec_latest select * from _rec_best "
-            "where user_id in (select user_id from _rec_done)"
-        )
-        for table in ("_rec_best", "_rec_pending"):
-            con.execute(f"delete from {table} where user_id in (select user_id from _rec_done)")
-    con.execute("insert into _rec_latest select * from _rec_best")
+        ))
+        if done:
+            best -= _count(con.execute(
+                "insert into _rec_latest select * from _rec_best "
+                "where user_id in (select user_id from _rec_done)"
+            ))
+            for table in ("_rec_best", "_rec_pending"):
+                con.execute(
+                    f"delete from {table} where user_id in (select user_id from _rec_done)"
+                )
+    if best:
+        con.execute("insert into _rec_latest select * from _rec_best")
     for temp in ("_rec_pending", "_rec_best", "_rec_found", "_rec_done"):
         con.execute(f"drop table if exists {temp}")
 
 
-def _merge_latest(con: duckdb.DuckDBPyConnection, limit: int) -> None:
-    """Fold ``_rec_found`` (latest events within newly read intervals) into ``_rec_best``:
-    only the users found there change, to the latest ``limit`` of both."""
+def _count(result: duckdb.DuckDBPyConnection) -> int:
+    """The row count a DuckDB write statement returns (rows created, inserted or deleted)."""
+    ((n,),) = result.fetchall()
+    return int(n)
+
+
+def _merge_latest(con: duckdb.DuckDBPyConnection, limit: int, best: int) -> int:
+    """Fold ``_rec_found`` (latest events within newly read intervals) into ``_rec_best``
+    (``best`` rows): only the users found there change, to the latest ``limit`` of both.
+    Returns the rows of ``_rec_best`` after."""
     con.execute(
         "create or replace temp table _rec_merged as "
         + _TOP_EVENTS_SQL.format(
@@ -268,9 +285,12 @@ def _merge_latest(con: duckdb.DuckDBPyConnection, limit: int) -> None:
         ),
         {"limit": limit},
     )
-    con.execute("delete from _rec_best where user_id in (select user_id from _rec_found)")
-    con.execute("insert into _rec_best select * from _rec_merged")
+    best -= _count(
+        con.execute("delete from _rec_best where user_id in (select user_id from _rec_found)")
+    )
+    best += _count(con.execute("insert into _rec_best select * from _rec_merged"))
     con.execute("drop table _rec_merged")
+    return best
 
 
 def _evidence_contributions(

@@ -171,3 +171,89 @@ def test_the_daily_refresh_rescores_the_weeks_active_users(con, fake_encoder):
     assert users == [(12,)]
     quiet = write_recommendations(con, "fake", midnight, midnight + HOUR, 3, 168.0, 100)
     assert quiet["users_refreshed"] == 0 and quiet["recommendations_written"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The per-process memo of training cut-offs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The cut-offs whose examples are computed (not served from the memo), in call order;
+    the memo starts empty."""
+    monkeypatch.setattr(ranker, "_CUTOFF_CACHE", type(ranker._CUTOFF_CACHE)())
+    calls: list[datetime] = []
+    compute = ranker._cutoff_examples
+
+    def counting(con, model_id, cutoff, *args):
+        calls.append(cutoff)
+        return compute(con, model_id, cutoff, *args)
+
+    monkeypatch.setattr(ranker, "_cutoff_examples", counting)
+    return calls
+
+
+def _daily_fits(con, days: range, memo: bool) -> list[tuple]:
+    """Fit at the midnights of ``days`` (memo=False: the memo cleared before every fit); the
+    rows written, every column but the wall-clock ``fitted_at``."""
+    for day in days:
+        if not memo:
+            ranker._CUTOFF_CACHE.clear()
+        ranker.train_ranker(con, "fake", DAY0 + timedelta(days=day), 168.0, 100,
+                            ScoringConfig(), SMALL)
+    return con.execute(
+        "select * exclude (fitted_at) from rankers order by as_of"
+    ).fetchall()
+
+
+def test_the_cutoff_memo_gives_the_same_rankers_with_fewer_computations(
+    con, fake_encoder, counted
+):
+    _shop(con, fake_encoder, days=10)
+    # First-time visitors, one a day: the trending half-life has new users to be chosen on.
+    for day in range(1, 10):
+        at = DAY0 + timedelta(days=day, hours=15)
+        add_event(con, f"n{day}", f"new{day}", "purchase", at, at.replace(minute=0),
+                  item_id=f"red{day % 3}", weight=3.0)
+    days = range(6, 11)
+    without = _daily_fits(con, days, memo=False)
+    computed_without = list(counted)
+    ranker._CUTOFF_CACHE.clear()
+    counted.clear()
+    with_memo = _daily_fits(con, days, memo=True)
+    # Exactly the same rows: weights JSON, version digest, trending half-life, validation.
+    assert with_memo == without
+    assert len(with_memo) == len(days)
+    validation = [json.loads(row[-1]) for row in with_memo]
+    assert all(v["fitted_ndcg@10"] > 0 for v in validation)
+    assert all(max(v["trending_ndcg@10_sum"].values()) > 0 for v in validation)
+    # Each cut-off (days 1..9) computed once with the memo; without it, at every fit.
+    assert sorted(counted) == sorted(set(computed_without))
+    assert counted == sorted(set(counted)) == [DAY0 + timedelta(days=d) for d in range(1, 10)]
+    assert len(computed_without) == 5 + 6 * (len(days) - 1)
+
+
+def test_changed_data_at_a_memoized_cutoff_is_recomputed(con, fake_encoder, counted):
+    _shop(con, fake_encoder, days=10)
+    fit_at = DAY0 + timedelta(days=7)  # cut-offs at days 1..6, each reading up to T + 24 h
+    ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    counted.clear()
+    ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert counted == []  # all six from the memo
+    # A late-arriving purchase in the hour starting at day 5, 10:00: read by the cut-offs at
+    # days 5 (its relevant items) and 6 (its history), not by the earlier ones.
+    late = DAY0 + timedelta(days=5, hours=10)
+    add_event(con, "extra", "u0", "purchase", late, late, item_id="blue4", weight=3.0)
+    ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert counted == [DAY0 + timedelta(days=5), DAY0 + timedelta(days=6)]
+    memoized = con.execute("select * exclude (fitted_at) from rankers").fetchall()
+    ranker._CUTOFF_CACHE.clear()
+    ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert con.execute("select * exclude (fitted_at) from rankers").fetchall() == memoized
+    # Another feature set (INTEREST_RANKER_FEATURES) is another computation too.
+    counted.clear()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("INTEREST_RANKER_FEATURES", "interests,popularity")
+        ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    assert len(counted) == 6
