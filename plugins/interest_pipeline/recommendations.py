@@ -529,7 +529,6 @@ class _Context:
 
         self.config = config
         self.item_ids, self.item_vecs = _load_items(con, model_id)
-        self.item_index = {item: j for j, item in enumerate(self.item_ids)}
         n_items = len(self.item_ids)
         con.register("_rec_users", pa.table({"user_id": pa.array(users, pa.string())}))
         con.register(
@@ -736,31 +735,35 @@ class _Context:
 class _Lists:
     """The hour's recommended rows, collected list by list and written as one table."""
 
-    def __init__(self, ctx: _Context | None) -> None:
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
         self.users: list[str] = []
         self.tops: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
-        self.evidence = EvidenceWriter(ctx.contributions) if ctx is not None else None
+        self.evidence = EvidenceWriter(ctx.contributions)
 
-    def add(
-        self, ctx: _Context, user: str, row: np.ndarray, top: np.ndarray, cosines: np.ndarray
-    ) -> None:
+    def add(self, user: str, row: np.ndarray, top: np.ndarray, cosines: np.ndarray) -> None:
         """The user's list ``top`` (catalogue positions, in rank order) scored by ``row``;
         ``cosines``: their contributions x the listed items (:meth:`_Context.evidence_cosines`)."""
-        lo, hi = ctx.ev_bounds.get(user, (0, 0))
+        lo, hi = self.ctx.ev_bounds.get(user, (0, 0))
         self.users.append(user)
         self.tops.append(top)
         self.scores.append(row[top])
-        assert self.evidence is not None
-        self.evidence.add(cosines, ctx.ev_coef[lo:hi], lo, ctx.social_entries(user, top))
+        self.evidence.add(cosines, self.ctx.ev_coef[lo:hi], lo, self.ctx.social_entries(user, top))
+
+    @staticmethod
+    def schema() -> pa.Schema:
+        """The rows' columns, as the recommendations table has them."""
+        import pyarrow as pa
+
+        return pa.schema([
+            ("user_id", pa.string()), ("as_of", pa.timestamp("us")), ("rank", pa.int32()),
+            ("item_id", pa.string()), ("score", pa.float64()), ("model_id", pa.string()),
+            ("evidence", pa.string()), ("ranker_version", pa.string()),
+        ])
 
     def table(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        item_ids: np.ndarray,
-        as_of: datetime,
-        model_id: str,
-        ranker_version: str,
+        self, con: duckdb.DuckDBPyConnection, as_of: datetime, model_id: str, ranker_version: str
     ) -> pa.Table:
         """Rows (user_id, as_of, rank, item_id, score, model_id, evidence, ranker_version)."""
         import numpy as np
@@ -770,24 +773,20 @@ class _Lists:
         total = int(counts.sum())
         top = np.concatenate(self.tops) if self.tops else np.zeros(0, np.int64)
         starts = np.cumsum(counts) - counts
-        evidence = (
-            self.evidence.column(con) if self.evidence is not None else pa.array([], pa.string())
-        )
-        return pa.table(
-            {
-                "user_id": pa.array(np.repeat(np.array(self.users, dtype=object), counts),
-                                    pa.string()),
-                "as_of": pa.array(np.full(total, np.datetime64(as_of, "us")), pa.timestamp("us")),
-                "rank": pa.array(np.arange(total) - np.repeat(starts, counts) + 1, pa.int32()),
-                "item_id": pa.array(item_ids[top] if total else [], pa.string()),
-                "score": pa.array(
-                    np.concatenate(self.scores) if self.scores else np.zeros(0), pa.float64()
-                ),
-                "model_id": pa.array(np.full(total, model_id, dtype=object), pa.string()),
-                "evidence": evidence,
-                "ranker_version": pa.array(np.full(total, ranker_version, dtype=object),
-                                           pa.string()),
-            }
+        scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
+        columns = [
+            np.repeat(np.array(self.users, dtype=object), counts),
+            np.full(total, np.datetime64(as_of, "us")),
+            np.arange(total) - np.repeat(starts, counts) + 1,
+            self.ctx.item_ids[top] if total else np.zeros(0, dtype=object),
+            scores,
+            np.full(total, model_id, dtype=object),
+            self.evidence.column(con),
+            np.full(total, ranker_version, dtype=object),
+        ]
+        schema = self.schema()
+        return pa.Table.from_arrays(
+            [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
         )
 
 
@@ -807,22 +806,20 @@ def recommend(
     for the users of ``users_table`` (user_id, unit interest vector), from what is known at
     ``interval_end`` (events of intervals up to the one starting at ``interval_start``), scored
     by ``ranker`` (default: the documented default weights of ``config``)."""
-    import numpy as np
-
     from interest_pipeline.ranker import default_ranker
 
     ranker = ranker or default_ranker(config)
     weights = ranker.weight_vector()
     new_item_rank = new_item_slot()
     users = users_table.column("user_id").to_numpy(zero_copy_only=False)
-    ctx = None
-    if users_table.num_rows:
-        ctx = _Context(
-            con, model_id, users.tolist(), interval_start, interval_end,
-            half_life_hours, evidence_events, config,
-        )
+    if not users_table.num_rows:
+        return _Lists.schema().empty_table()
+    ctx = _Context(
+        con, model_id, users.tolist(), interval_start, interval_end,
+        half_life_hours, evidence_events, config,
+    )
     out = _Lists(ctx)
-    if ctx is not None and len(ctx.item_ids):
+    if len(ctx.item_ids):
         user_vecs = _vectors_or_zeros(users_table.column("vector"), ctx.item_vecs.shape[1])
         n = min(top_n, len(ctx.item_ids))
         for block in range(0, len(users), _USER_BLOCK):
@@ -832,8 +829,7 @@ def recommend(
                 ctx, users[block : block + _USER_BLOCK], cosines, interests, weights, n,
                 new_item_rank, out,
             )
-    item_ids = ctx.item_ids if ctx is not None else np.zeros(0, dtype=object)
-    return out.table(con, item_ids, interval_end, model_id, ranker.version)
+    return out.table(con, interval_end, model_id, ranker.version)
 
 
 def _vectors_or_zeros(column: pa.ChunkedArray, dim: int) -> np.ndarray:
@@ -878,7 +874,7 @@ def _score_block(
         chunk = ranked[lo : lo + _EVIDENCE_BLOCK]
         sims = ctx.evidence_cosines([u for u, _, _ in chunk], [t for _, _, t in chunk])
         for (user, row, top), cos in zip(chunk, sims, strict=True):
-            out.add(ctx, user, row, top, cos)
+            out.add(user, row, top, cos)
 
 
 def _top(row: np.ndarray, n: int) -> np.ndarray:
