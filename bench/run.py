@@ -31,7 +31,7 @@ from common import BENCH_DIR, RESULTS_DIR, WORK_DIR, machine  # noqa: E402
 
 SECTIONS = (
     "embedding", "dbt", "incremental", "scale", "topn", "orchestration", "api", "erasure",
-    "social", "late_data", "rebuild",
+    "social", "late_data", "rebuild", "eval",
 )
 
 # The matmul ceiling is measured with the library's own CPU detection: OPENBLAS_CORETYPE /

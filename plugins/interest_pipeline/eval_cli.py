@@ -16,17 +16,21 @@ Protocol (temporal, no peeking):
    hour without events scales every item's decayed popularity alike); ``pipeline_runs`` is
    not written; dbt runs in-process as ``dbt seed`` once plus ``dbt run`` per day (the DAG's
    ``dbt build`` adds data tests, which check the tables without changing them). Ingest,
-   dbt and embed are cached in the work dir; fold, training and recommend are re-run for
-   every hour, in order, whenever the scoring settings differ from the ones the warehouse
-   was scored with (exact, because they read only the rows of hours up to their own, unless
-   catalogue lines land after the first hour, in which case everything is re-run).
+   dbt and embed are cached in the work dir; training and recommend are re-run for every
+   hour, in order, whenever the scoring settings differ from the ones the warehouse was
+   scored with (exact, because they read only the rows of hours up to their own, unless
+   catalogue lines land after the first hour, in which case everything is re-run), and the
+   fold too when what it depends on changed (:func:`fold_fingerprint`).
 3. **Cut-offs.** ``T = first_cutoff, first_cutoff + every, …`` while ``T + horizon <= end``
    (defaults: the first cut-off is ``start + 7 days`` so every user has up to a week of
    history, ``every = 24 h``, ``horizon = 24 h``). At each ``T`` the recommendations in force
    (each user's latest version with ``as_of <= T``) and the baselines (computed from events
    up to ``T``) are scored against the events in ``(T, T + horizon]``
    (:func:`interest_pipeline.evaluation.evaluate_as_of`; see that module for the relevance
-   rule and metric formulas).
+   rule and metric formulas). The baselines' lists and the peers' hyper-parameters depend on
+   the data and the evaluation code only: they are kept per cut-off in
+   ``<workdir>/baselines`` (:class:`BaselineStore`), so a rerun after a scoring change
+   computes only the model's lists and the metrics.
 4. **Report.** Per method and metric, the mean over cut-offs weighted by the users evaluated
    at each (that is, the mean over all (user, cut-off) pairs), for the headline population
    ``known`` (users with at least one event up to T) and for ``all`` (every user with a
@@ -44,20 +48,25 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interest_pipeline import progress
 from interest_pipeline.config import REPO_ROOT, Settings, get_settings
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger(__name__)
 
 _HOUR = timedelta(hours=1)
 _STATE_FILE = "eval_state.json"
+_BASELINE_DIR = "baselines"
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +161,19 @@ def scoring_fingerprint(settings: Settings) -> dict[str, Any]:
     }
 
 
+def fold_fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything the fold (:func:`interest_pipeline.user_vectors.update_user_vectors`, which
+    also writes the social vectors) depends on besides the data: a part of
+    :func:`scoring_fingerprint`; a rescore that leaves it unchanged does not fold again."""
+    from interest_pipeline import embeddings, social, user_vectors
+
+    return {
+        "code": _code_digest(user_vectors, social),
+        "model_id": embeddings.resolve_model(settings.model)[0],
+        "half_life_hours": settings.half_life_hours,
+    }
+
+
 def _scoring_code_digest() -> str:
     """A digest of the modules fold, training and recommend run: a change to the scoring code
     re-scores a cached warehouse as a change to its settings does."""
@@ -164,8 +186,13 @@ def _scoring_code_digest() -> str:
         user_vectors,
     )
 
+    return _code_digest(user_vectors, ranker, recommendations, social, catalogue_stats, evidence)
+
+
+def _code_digest(*modules: Any) -> str:
+    """A digest of the source of these modules, in this order."""
     digest = hashlib.sha256()
-    for module in (user_vectors, ranker, recommendations, social, catalogue_stats, evidence):
+    for module in modules:
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -217,20 +244,33 @@ def run_pipeline(
         "prepared_by": "day",
     }
     scoring_key = scoring_fingerprint(settings)
+    fold_key = fold_fingerprint(settings)
     if state.get("data") != data_key:
         if state and settings.warehouse_path.exists():
             log.info("landing zone or window changed: rebuilding %s", settings.warehouse_path)
             settings.warehouse_path.unlink()
-        state = {"data": data_key, "prepared_until": None, "scoring": None}
+        shutil.rmtree(workdir / _BASELINE_DIR, ignore_errors=True)  # of the old data
+        state = {"data": data_key, "prepared_until": None, "scoring": None, "fold": None}
     prepared_until = datetime.fromisoformat(state["prepared_until"]) if state.get(
         "prepared_until"
     ) else None
     catalogue_fixed = _catalogue_lands_only_in_first_hour(settings, hours)
-    rescore = state.get("scoring") != scoring_key
-    if rescore and not catalogue_fixed:
-        prepared_until = None
+    # state["fold"]: the fold key every hour before prepared_until was folded with (absent in
+    # an older state: unknown, and implied by its scoring key). The fold is deterministic and
+    # replaces its hour's rows, so when it is this run's key, the vectors are the ones a fold
+    # would write again: a rescore of those hours only trains and recommends. (The fold key
+    # has the model_id, which the scoring key lacks: another embedding backend re-scores.)
+    refold = state.get("fold") != fold_key
+    rescore = state.get("scoring") != scoring_key or state.get("fold", fold_key) != fold_key
+    if rescore:
+        if not catalogue_fixed:
+            prepared_until = None
+        # Until this run ends, the lists (and after a refold the vectors) are a mix.
+        state["scoring"] = None
+        state["fold"] = None if refold else fold_key
+        _write_state(workdir, state)
     dbt = None
-    prepared = scored = 0
+    prepared = scored = folded = 0
     busy_days = {h.replace(hour=0) for h in hours}
     days = []
     day = start.replace(hour=0)
@@ -258,31 +298,40 @@ def run_pipeline(
             # a decayed sum that an hour without events scales, all items alike.
             busy = set(hours)
             hour = day_start
+            fold = needs_data or refold
             while hour < day_end:
                 if hour in busy or (hour + _HOUR).hour == 0:
-                    _score_hour(settings, hour, hour + _HOUR)
+                    _score_hour(settings, hour, hour + _HOUR, fold)
                     scored += 1
+                    folded += fold
                 hour += _HOUR
             if needs_data:
+                # Every hour up to here is now folded with fold_key: in this run, or before it
+                # when refold is False.
                 state["prepared_until"] = day_end.isoformat()
                 state["scoring"] = None
+                state["fold"] = fold_key
                 _write_state(workdir, state)
     state["scoring"] = scoring_key
+    state["fold"] = fold_key
     state["prepared_until"] = end.isoformat() if hours else None
     _write_state(workdir, state)
     return {
         "hours_with_data": len(hours),
         "days_prepared": prepared,
         "hours_scored": scored,
+        "hours_folded": folded,
         "pipeline_seconds": round(time.perf_counter() - began, 1),
     }
 
 
-def _score_hour(settings: Settings, start: datetime, end: datetime) -> None:
-    """Fold and recommend one hour, in order (what the DAG's fold and recommend tasks do)."""
+def _score_hour(settings: Settings, start: datetime, end: datetime, fold: bool = True) -> None:
+    """Fold (unless ``fold`` is False: the vectors are already the fold's) and recommend one
+    hour, in order (what the DAG's fold and recommend tasks do)."""
     from interest_pipeline import stages
 
-    _fold(settings, start, end)
+    if fold:
+        _fold(settings, start, end)
     stages.train_ranker(start, end, settings)
     stages.write_recommendations(start, end, settings)
 
@@ -374,22 +423,125 @@ def cutoffs(first: datetime, end: datetime, every_hours: float, horizon_hours: f
     return out
 
 
+class BaselineStore:
+    """The baselines' results (``evaluation.BaselineResults``) per cut-off, pickled in
+    ``<workdir>/baselines/<run key digest>/``. The run key is the data key of
+    :func:`run_pipeline` (``state["data"]``), the source of ``baselines.py`` and
+    ``evaluation.py``, ``PEER_GRIDS``, the consumed event types, and numpy's and scipy's
+    versions (EASE's near-ties follow the BLAS); a cut-off's key (:meth:`key`) adds the rest
+    of what its baselines depend on. Folders of other run keys are stale: removed when the
+    store is opened.
+    """
+
+    def __init__(self, workdir: Path, data_key: Mapping[str, Any]) -> None:
+        self.run_key = _baseline_run_key(data_key)
+        root = workdir / _BASELINE_DIR
+        self.folder = root / _digest(self.run_key)
+        if root.is_dir():
+            for stale in root.iterdir():
+                if stale != self.folder:
+                    shutil.rmtree(stale, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def key(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        as_of: datetime,
+        horizon_hours: float,
+        ks: Sequence[int],
+        peers: bool,
+    ) -> dict[str, Any]:
+        """The key of a cut-off's results: the run key, the arguments of
+        ``evaluation.evaluate_cutoff`` that its baselines depend on, and a digest of the rows
+        they read. The data key alone misses a warehouse whose marts changed under the same
+        landing zone (other dbt code or settings, re-ingested by a rescore)."""
+        from interest_pipeline.evaluation import interactions_digest
+
+        return {
+            **self.run_key,
+            "as_of": as_of.isoformat(),
+            "horizon_hours": horizon_hours,
+            "ks": list(ks),
+            "peers": peers,
+            "rows": interactions_digest(con, as_of + timedelta(hours=horizon_hours)),
+        }
+
+    def get(self, key: Mapping[str, Any]) -> Any:
+        """The stored results under this key, or None."""
+        import pickle
+
+        path = self._path(key)
+        if not path.exists():
+            return None
+        stored = pickle.loads(path.read_bytes())
+        return stored["results"] if stored.get("key") == key else None
+
+    def put(self, key: Mapping[str, Any], results: Any) -> None:
+        """Store results under this key (atomically: a run stopped midway leaves no
+        half-written file)."""
+        import pickle
+
+        path = self._path(key)
+        partial = path.with_suffix(".tmp")
+        partial.write_bytes(pickle.dumps({"key": dict(key), "results": results}))
+        partial.replace(path)
+
+    def _path(self, key: Mapping[str, Any]) -> Path:
+        return self.folder / f"{_digest(key)}.pkl"
+
+
+def _baseline_run_key(data_key: Mapping[str, Any]) -> dict[str, Any]:
+    import numpy
+    import scipy
+
+    from interest_pipeline import baselines, evaluation
+    from interest_pipeline.recommendations import CONSUMED_EVENT_TYPES
+
+    return {
+        "data": dict(data_key),
+        "code": _code_digest(baselines, evaluation),
+        "grids": evaluation.PEER_GRIDS,
+        "consumed_event_types": list(CONSUMED_EVENT_TYPES),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def _digest(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def evaluate_cutoffs(
-    settings: Settings, times: Sequence[datetime], horizon_hours: float
+    settings: Settings,
+    times: Sequence[datetime],
+    horizon_hours: float,
+    workdir: Path | None = None,
 ) -> list[Any]:
     """Evaluate and record every cut-off; returns one ``evaluation.CutoffEvaluation`` each
-    (rows, per-user values, the peers' hyper-parameters)."""
+    (rows, per-user values, the peers' hyper-parameters). With ``workdir`` (that of
+    :func:`run_pipeline`, which keeps the data key), the baselines' results are read from and
+    written to its :class:`BaselineStore`."""
     from interest_pipeline import embeddings, evaluation
     from interest_pipeline.warehouse import open_warehouse
 
     model_id, _ = embeddings.resolve_model(settings.model)
+    data_key = _read_state(workdir).get("data") if workdir else None
+    store = BaselineStore(workdir, data_key) if workdir and data_key else None
+    # evaluate_cutoff's arguments, named once: the store keys the results by them.
+    ks, peers = evaluation.KS, True
     found = []
     with (
         open_warehouse(settings.warehouse_path) as con,
         progress.track("  evaluate", len(times), "cut-offs", every=10) as bar,
     ):
         for t in bar.iterate(times, note=lambda t: f"{t:%Y-%m-%d %H:%M}"):
-            cutoff = evaluation.evaluate_cutoff(con, t, horizon_hours, model_id)
+            key = store.key(con, t, horizon_hours, ks, peers) if store else {}
+            cached = store.get(key) if store else None
+            cutoff = evaluation.evaluate_cutoff(
+                con, t, horizon_hours, model_id, ks, peers, cached=cached
+            )
+            if store and cached is None:
+                store.put(key, cutoff.baselines)
             evaluation.record_evaluation(con, t, horizon_hours, model_id, cutoff.rows)
             # How old the served lists are: the daily refresh should bound it by a day for
             # the week's active users.
@@ -587,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    began = time.perf_counter()
     from interest_pipeline.bootstrap import compare_methods
     from interest_pipeline.evaluation import BASELINES, MODEL, POPULATIONS
     preset = DEFAULT_WINDOWS.get(args.dataset) if args.dataset else None
@@ -616,7 +769,9 @@ def main(argv: list[str] | None = None) -> int:
     times = cutoffs(first, min(end, last_end), every, args.horizon)
     if args.tuning:
         times = [t for t in times if t + timedelta(hours=args.horizon) <= report_from]
-    evaluated = evaluate_cutoffs(settings, times, args.horizon)
+    evaluate_began = time.perf_counter()
+    evaluated = evaluate_cutoffs(settings, times, args.horizon, workdir)
+    evaluate_seconds = round(time.perf_counter() - evaluate_began, 1)
     rows = [{**r, "interval_end": c.as_of} for c in evaluated for r in c.rows]
     summary = summarise(rows)
     comparisons = {
@@ -640,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         "every_hours": every,
         "scoring": scoring_fingerprint(settings),
         "pipeline": done,
+        "evaluate_seconds": evaluate_seconds,
         "results": summary,
         "comparisons": comparisons,
         "hyperparameters": {c.as_of.isoformat(): c.hyperparameters for c in evaluated},
@@ -686,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{ages['within_24h']:.0%} within 24 h"
         )
     print(f"\nchart: {chart}")
+    print(
+        f"{time.perf_counter() - began:.0f} s (pipeline {done['pipeline_seconds']:.0f} s, "
+        f"{done['hours_folded']} of {done['hours_scored']} hours scored folded; evaluation "
+        f"{evaluate_seconds:.0f} s)"
+    )
     return 0
 
 

@@ -280,6 +280,23 @@ def relevant_items(
     return out
 
 
+def interactions_digest(con: duckdb.DuckDBPyConnection, until: datetime) -> str:
+    """A digest of the ``user_item_interactions`` rows landed before ``until``: with ``until``
+    the cut-off plus the horizon, every row its baselines and relevant items read."""
+    # A sum of row hashes: no sort, milliseconds per 100,000 rows; a duplicate row counts.
+    ((rows, total),) = con.execute(
+        """
+        select
+            count(*),
+            sum(hash(user_id, item_id, event_type, event_at, weight, interval_start)::hugeint)
+        from user_item_interactions
+        where interval_start < ?
+        """,
+        [until],
+    ).fetchall()
+    return f"{rows}:{total}"
+
+
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     rows = con.execute(
         """
@@ -435,6 +452,32 @@ def _baselines(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineResults:
+    """The baselines' side of a cut-off: every baseline's lists ({method: {user: items}}) and
+    the peers' chosen hyper-parameters (:func:`choose_hyperparameters`). They depend only on
+    the data and the code of this module and :mod:`interest_pipeline.baselines`, never on the
+    model's scoring, so an evaluation may keep them across runs (``evaluate_cutoff(cached=)``).
+    """
+
+    lists: dict[str, dict[str, list[str]]]
+    hyperparameters: dict[str, dict[str, Any]]
+
+
+def _baseline_results(
+    con: duckdb.DuckDBPyConnection,
+    history: _History,
+    as_of: datetime,
+    horizon_hours: float,
+    relevant: Mapping[str, set[str]],
+    k: int,
+    peers: bool,
+) -> BaselineResults:
+    hyperparameters = choose_hyperparameters(con, as_of, horizon_hours, k) if peers else {}
+    params = {method: chosen["params"] for method, chosen in hyperparameters.items()}
+    return BaselineResults(_baselines(history, as_of, relevant, k, params, peers), hyperparameters)
+
+
 def baseline_lists(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime,
@@ -512,6 +555,8 @@ class CutoffEvaluation:
             :func:`list_ages_hours`).
         own_events: {known user: their own events known at T (follows and unfollows not
             counted)}: to report users with little history of their own apart.
+        baselines: the baselines' lists and hyper-parameters the rows were computed from (to
+            keep for a later run: ``evaluate_cutoff(cached=)``).
     """
 
     as_of: datetime
@@ -521,6 +566,7 @@ class CutoffEvaluation:
     hyperparameters: dict[str, dict[str, Any]]
     list_ages: tuple[float, ...] = ()
     own_events: dict[str, int] = dataclasses.field(default_factory=dict)
+    baselines: BaselineResults | None = None
 
 
 def evaluate_cutoff(
@@ -530,13 +576,18 @@ def evaluate_cutoff(
     model_id: str,
     ks: Sequence[int] = KS,
     peers: bool = True,
+    cached: BaselineResults | None = None,
 ) -> CutoffEvaluation:
     """Score the model's recommendations in force at ``as_of`` and every baseline, on the same
     users, against the events of the following ``horizon_hours``; the peers' hyper-parameters
     are chosen first on the split before ``as_of``. ``peers=False`` leaves the peers (EASE^R,
-    ItemKNN: seconds per cut-off) out."""
-    history = _history(con, as_of)
-    relevant = relevant_items(con, as_of, horizon_hours, history.consumed)
+    ItemKNN: seconds per cut-off) out. ``cached``: the baselines' results of an earlier run
+    on the same data, code, ``ks`` and ``peers`` (the result's ``baselines``), used as they
+    are: only the model's lists and the metrics are computed then."""
+    # The history's matrix and digest are for the baselines alone: not built when cached.
+    history = _history(con, as_of) if cached is None else None
+    consumed = history.consumed if history is not None else _consumed_by(con, as_of)
+    relevant = relevant_items(con, as_of, horizon_hours, consumed)
     known_users = _known_users(con, as_of)
     # fetchall, not fetchone: DuckDB keeps a half-fetched result open on the connection.
     ((catalogue,),) = con.execute("select count(*) from item_documents").fetchall()
@@ -550,15 +601,11 @@ def evaluate_cutoff(
     }
     new_items = {item for items in relevant.values() for item in items} - seen_items
     k_max = max(ks)
-    hyperparameters = choose_hyperparameters(con, as_of, horizon_hours, k_max) if peers else {}
-    lists = {MODEL: model_lists(con, as_of, model_id, relevant, history.consumed)}
-    lists.update(
-        _baselines(
-            history, as_of, relevant, k_max,
-            {method: chosen["params"] for method, chosen in hyperparameters.items()},
-            peers,
-        )
+    found = cached if history is None else _baseline_results(
+        con, history, as_of, horizon_hours, relevant, k_max, peers
     )
+    hyperparameters = found.hyperparameters
+    lists = {MODEL: model_lists(con, as_of, model_id, relevant, consumed), **found.lists}
     methods = METHODS if peers else tuple(m for m in METHODS if m not in PEERS)
     rows = []
     users: dict[str, list[str]] = {}
@@ -592,7 +639,9 @@ def evaluate_cutoff(
         """,
         [as_of, users["known"]],
     ).fetchall())
-    return CutoffEvaluation(as_of, rows, users, per_user, hyperparameters, own_events=own_events)
+    return CutoffEvaluation(
+        as_of, rows, users, per_user, hyperparameters, own_events=own_events, baselines=found
+    )
 
 
 def evaluate_as_of(

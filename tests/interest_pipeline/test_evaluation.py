@@ -278,7 +278,8 @@ def test_without_tuning_users_the_first_grid_point_is_used(con):
         assert found[method]["tuning_ndcg@10"] is None
 
 
-def test_a_peer_fit_is_done_once_per_data_and_point(con, monkeypatch):
+def _count_peer_fits(monkeypatch) -> dict[str, int]:
+    """Count the EASE and ItemKNN fits from now on (the in-process fit cache emptied)."""
     from collections import OrderedDict
 
     from interest_pipeline import baselines
@@ -293,6 +294,11 @@ def test_a_peer_fit_is_done_once_per_data_and_point(con, monkeypatch):
             return _fit(*args, **kwargs)
 
         monkeypatch.setattr(baselines, f"{method}_lists", counted)
+    return calls
+
+
+def test_a_peer_fit_is_done_once_per_data_and_point(con, monkeypatch):
+    calls = _count_peer_fits(monkeypatch)
     _tuning_history(con, "c")
     # Cut-off T - 24 h: nothing to tune on before it, so the first point, fitted at T - 24 h.
     earlier = ev.evaluate_cutoff(con, T - DAY, 24.0, "m")
@@ -370,3 +376,199 @@ def test_evaluate_cutoff_gives_per_user_values_behind_the_means(con):
                 )
     assert set(found.hyperparameters) == set(ev.PEERS)
     assert {r["method"] for r in found.rows} == set(ev.METHODS)
+
+
+# ---------------------------------------------------------------- eval: what a rerun reuses
+
+
+def _eval_settings(tmp_path, model="m"):
+    import dataclasses
+
+    from interest_pipeline.eval_cli import scratch_settings
+
+    return dataclasses.replace(scratch_settings(tmp_path, tmp_path / "landing"), model=model)
+
+
+def _evaluated(found):
+    """What a report is made of, per cut-off, as text: equal text is equal bytes in the report."""
+    return [
+        repr((c.as_of, c.rows, c.users, c.per_user, c.hyperparameters, c.own_events,
+              c.list_ages))
+        for c in found
+    ]
+
+
+def test_a_rerun_reads_the_baselines_of_each_cut_off_and_reports_the_same(
+    con, tmp_path, monkeypatch
+):
+    from interest_pipeline import embeddings, eval_cli
+
+    _tuning_history(con, "c")
+    _event(con, "late", "z", "b", 2 * HOUR)
+    _event(con, "late2", "w2", "b", 30 * HOUR)
+    model_id = embeddings.resolve_model("m")[0]
+    _recommend(con, "z", T - DAY, ["b", "c"], model_id)
+    con.close()
+    settings = _eval_settings(tmp_path)
+    eval_cli._write_state(tmp_path, {"data": {"fingerprint": "one"}})
+    times = [T - DAY, T, T + DAY]
+    calls = _count_peer_fits(monkeypatch)
+    computed = eval_cli.evaluate_cutoffs(settings, times, 24.0, tmp_path)
+    assert calls["ease"] > 0 and calls["itemknn"] > 0
+    stored = sorted((tmp_path / "baselines").glob("*/*.pkl"))
+    assert len(stored) == len(times)
+
+    calls = _count_peer_fits(monkeypatch)
+    monkeypatch.setattr(ev, "_history", lambda *a: pytest.fail("history built on a rerun"))
+    again = eval_cli.evaluate_cutoffs(settings, times, 24.0, tmp_path)
+    assert calls == {"ease": 0, "itemknn": 0}
+    assert _evaluated(again) == _evaluated(computed)
+    assert any(r["value"] for c in again for r in c.rows if r["method"] == "ease")
+    # And the evaluation table of the rerun holds the same rows.
+    from interest_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(settings.warehouse_path) as check:
+        recorded = check.execute(
+            "select interval_end, population, method, metric, k, value, users_evaluated "
+            "from evaluation order by all"
+        ).fetchall()
+    expected = sorted(
+        (c.as_of, r["population"], r["method"], r["metric"], r["k"], r["value"],
+         r["users_evaluated"])
+        for c in computed for r in c.rows
+    )
+    assert recorded == expected
+
+
+def test_baselines_of_other_data_are_not_reused(con, tmp_path, monkeypatch):
+    from interest_pipeline import eval_cli
+
+    _tuning_history(con, "c")
+    con.close()
+    settings = _eval_settings(tmp_path)
+    eval_cli._write_state(tmp_path, {"data": {"fingerprint": "one"}})
+    first = eval_cli.evaluate_cutoffs(settings, [T], 24.0, tmp_path)
+    old = list((tmp_path / "baselines").iterdir())
+    eval_cli._write_state(tmp_path, {"data": {"fingerprint": "two"}})
+    calls = _count_peer_fits(monkeypatch)
+    second = eval_cli.evaluate_cutoffs(settings, [T], 24.0, tmp_path)
+    assert calls["ease"] > 0 and calls["itemknn"] > 0
+    assert _evaluated(second) == _evaluated(first)  # same warehouse here, so the same numbers
+    assert not any(folder.exists() for folder in old)  # the stale folder is removed
+
+
+def test_kept_baselines_are_keyed_by_everything_they_depend_on(con, tmp_path):
+    from interest_pipeline import eval_cli
+
+    _tuning_history(con, "c")
+    _event(con, "soon", "w1", "c", 2 * HOUR)  # relevant at T
+    store = eval_cli.BaselineStore(tmp_path, {"fingerprint": "one"})
+
+    def key(as_of=T, horizon_hours=24.0, ks=ev.KS, peers=True):
+        return store.key(con, as_of, horizon_hours, ks, peers)
+
+    store.put(key(), "kept")
+    assert store.get(key()) == "kept"
+    others = [key(as_of=T + HOUR), key(horizon_hours=12.0), key(ks=(10, 50)), key(peers=False)]
+    _event(con, "after", "u9", "late", 30 * HOUR)  # lands after T + 24 h: not read
+    assert store.get(key()) == "kept"
+    # The same data key over marts rebuilt otherwise (other dbt code or settings): a row
+    # before T + 24 h has another weight.
+    con.execute("update user_item_interactions set weight = -3.0 where event_id = 'soon'")
+    others.append(key())
+    assert [store.get(k) for k in others] == [None] * len(others)
+
+
+# A tiny warehouse the pipeline's fold, training and recommend run on, as run_pipeline drives
+# them; ingest, dbt and embed are stubbed (the marts and embeddings are made by hand).
+PIPELINE_START = datetime(2024, 3, 1)
+PIPELINE_END = PIPELINE_START + 2 * DAY
+
+
+def _pipeline_warehouse(con, fake_encoder, model_id):
+    from interest_pipeline.embeddings import embed_new_texts
+    from tests.builders import add_follow
+
+    titles = {
+        "m1": "space adventure robots", "m2": "space adventure aliens", "m3": "space robots war",
+        "m4": "romantic comedy paris", "m5": "romantic drama", "m6": "robots in paris",
+    }
+    for item, title in titles.items():
+        add_item(con, item, title)
+    hours = []
+    for n, (user, item, hour) in enumerate([
+        ("u1", "m1", 3), ("u2", "m4", 3), ("u1", "m2", 9), ("u3", "m3", 20), ("u2", "m5", 27),
+        ("u3", "m6", 30), ("u1", "m4", 40), ("u4", "m1", 40),
+    ]):
+        start = PIPELINE_START + hour * HOUR
+        add_event(con, f"e{n}", user, "view", start + 10 * timedelta(minutes=1), start,
+                  item_id=item)
+        hours.append(start)
+    add_follow(con, "f1", "u4", "u1", PIPELINE_START + 30 * HOUR, PIPELINE_START + 30 * HOUR)
+    hours.append(PIPELINE_START + 30 * HOUR)
+    embed_new_texts(con, model_id, lambda: fake_encoder, PIPELINE_START, PIPELINE_END)
+    return sorted(set(hours))
+
+
+def _pipeline_outputs(path) -> dict[str, list[tuple]]:
+    from interest_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(path) as con:
+        tables = [r[0] for r in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'main' "
+            "and table_name in ('recommendations', 'new_user_recommendations', "
+            "'user_interest_vectors', 'user_social_vectors')"
+        ).fetchall()]
+        return {t: table_contents(con, t) for t in sorted(tables)}
+
+
+def test_a_rescore_of_the_scoring_alone_does_not_fold_and_gives_a_full_rescores_results(
+    con, tmp_path, monkeypatch, fake_encoder
+):
+    import dataclasses
+    import json
+
+    from interest_pipeline import embeddings, eval_cli, stages
+
+    settings = _eval_settings(tmp_path, model="fake")
+    hours = _pipeline_warehouse(con, fake_encoder, embeddings.resolve_model("fake")[0])
+    con.close()
+    monkeypatch.setattr(eval_cli, "busy_hours", lambda *a: hours)
+    monkeypatch.setattr(stages, "ingest_landing_partition", lambda *a: None)
+    monkeypatch.setattr(stages, "embed_new_texts", lambda *a: None)
+    monkeypatch.setattr(eval_cli._InProcessDbt, "run", lambda *a: None)
+    folds = []
+    fold = eval_cli._fold
+    monkeypatch.setattr(eval_cli, "_fold", lambda s, a, b: (folds.append(b), fold(s, a, b)))
+
+    cold = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert cold["hours_folded"] == cold["hours_scored"] == len(folds) > 0
+    first = _pipeline_outputs(settings.warehouse_path)
+    assert first["user_interest_vectors"] and first["user_social_vectors"]
+
+    # A scoring change, not the fold's: content similarity in place of popularity.
+    monkeypatch.setenv("INTEREST_SCORE_CONTENT_WEIGHT", "1")
+    monkeypatch.setenv("INTEREST_SCORE_POPULARITY_WEIGHT", "0")
+    folds.clear()
+    rescored = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert rescored["hours_scored"] == cold["hours_scored"]
+    assert rescored["hours_folded"] == 0 and folds == []
+    skipped = _pipeline_outputs(settings.warehouse_path)
+    assert skipped["user_interest_vectors"] == first["user_interest_vectors"]
+    assert skipped["recommendations"] != first["recommendations"]  # re-scored all the same
+
+    # An older state, without the fold key: a rescore folds every hour, as it always did.
+    state_path = tmp_path / "eval_state.json"
+    state = json.loads(state_path.read_text())
+    del state["fold"]
+    state["scoring"] = None
+    state_path.write_text(json.dumps(state))
+    full = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert full["hours_folded"] == full["hours_scored"] == len(folds) > 0
+    assert _pipeline_outputs(settings.warehouse_path) == skipped
+
+    # Another half-life is the fold's: it folds again.
+    folds.clear()
+    longer = dataclasses.replace(settings, half_life_hours=settings.half_life_hours * 2)
+    eval_cli.run_pipeline(longer, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert len(folds) == full["hours_scored"]
