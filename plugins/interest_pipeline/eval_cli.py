@@ -265,6 +265,7 @@ def run_pipeline(
     if rescore:
         if not catalogue_fixed:
             prepared_until = None
+        _forget_statistics_state(settings, start)
         # Until this run ends, the lists (and after a refold the vectors) are a mix.
         state["scoring"] = None
         state["fold"] = None if refold else fold_key
@@ -323,6 +324,20 @@ def run_pipeline(
         "hours_folded": folded,
         "pipeline_seconds": round(time.perf_counter() - began, 1),
     }
+
+
+def _forget_statistics_state(settings: Settings, start: datetime) -> None:
+    """Before the hours are scored again from ``start``: forget the catalogue statistics'
+    state, which sits at the last hour scored, so that the first hour rebuilds it from a scan
+    and the next ones advance it, instead of every hour behind it being computed from a scan
+    of history (the numbers are the same either way: :mod:`interest_pipeline.catalogue_stats`
+    is exact)."""
+    from interest_pipeline.catalogue_stats import invalidate_from
+    from interest_pipeline.warehouse import open_warehouse
+
+    if settings.warehouse_path.exists():
+        with open_warehouse(settings.warehouse_path) as con:
+            invalidate_from(con, start)
 
 
 def _score_hour(settings: Settings, start: datetime, end: datetime, fold: bool = True) -> None:

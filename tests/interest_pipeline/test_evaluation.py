@@ -523,7 +523,7 @@ def _pipeline_outputs(path) -> dict[str, list[tuple]]:
 
 
 def test_a_rescore_of_the_scoring_alone_does_not_fold_and_gives_a_full_rescores_results(
-    con, tmp_path, monkeypatch, fake_encoder
+    con, tmp_path, monkeypatch, fake_encoder, caplog
 ):
     import dataclasses
     import json
@@ -541,8 +541,11 @@ def test_a_rescore_of_the_scoring_alone_does_not_fold_and_gives_a_full_rescores_
     fold = eval_cli._fold
     monkeypatch.setattr(eval_cli, "_fold", lambda s, a, b: (folds.append(b), fold(s, a, b)))
 
+    caplog.set_level("INFO", logger="interest_pipeline.catalogue_stats")
     cold = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
     assert cold["hours_folded"] == cold["hours_scored"] == len(folds) > 0
+    cold_scans = caplog.text.count("from a scan")
+    caplog.clear()
     first = _pipeline_outputs(settings.warehouse_path)
     assert first["user_interest_vectors"] and first["user_social_vectors"]
 
@@ -553,6 +556,9 @@ def test_a_rescore_of_the_scoring_alone_does_not_fold_and_gives_a_full_rescores_
     rescored = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
     assert rescored["hours_scored"] == cold["hours_scored"]
     assert rescored["hours_folded"] == 0 and folds == []
+    # The statistics state was forgotten and rebuilt at the first hour, then advanced: hours
+    # are not computed from scans of history (only the training cut-offs are, as cold).
+    assert caplog.text.count("from a scan") == cold_scans
     skipped = _pipeline_outputs(settings.warehouse_path)
     assert skipped["user_interest_vectors"] == first["user_interest_vectors"]
     assert skipped["recommendations"] != first["recommendations"]  # re-scored all the same
