@@ -149,7 +149,9 @@ def catalogue_stats(
     Uses (and moves forward) the warehouse's aggregates when the interval is at or after their
     watermark, else computes the same numbers from a scan (module docstring). Needs a write
     connection; call it inside the caller's transaction or alone."""
-    wanted = sorted({float(h) for h in half_lives} | set(_kept_half_lives()))
+    # A half-life asked for twice is one (a scan would otherwise count its terms twice).
+    half_lives = tuple(dict.fromkeys(float(h) for h in half_lives))
+    wanted = sorted(set(half_lives) | set(_kept_half_lives()))
     con.execute(STATE_DDL)
     state = _valid_state(con, wanted)
     if state is not None and interval_start < state:

@@ -25,9 +25,21 @@ item, and a new-item indicator) is fitted from the warehouse's own history on a 
   the held-out candidates, with the paired bootstrap 95 % interval of the gain above zero,
   else the defaults are kept and the row says so. Adopted weights are then refitted on every
   cut-off.
+- **The social side earns its place.** On data with follows, the fit with the social features
+  (``SOCIAL_FEATURES``) and the same fit without them (each user's candidates that another
+  feature put there, the social columns 0: exactly what a run with INTEREST_RANKER_FEATURES
+  lacking them computes) are both fitted on the earlier cut-offs and ranked on the same
+  held-out candidates; the social features stay only when the paired bootstrap 95 % interval
+  of the NDCG@10 gain is above zero. Otherwise the ranker is, weight for weight, the one fitted
+  without them, so the graph cannot cost the users with a history of their own.
 - **New visitors.** The list served to a user with no history is the recency-popularity order;
   its half-life is chosen from ``TRENDING_HALF_LIVES`` by NDCG@10 of the new users of the
   training cut-offs (users whose first event falls in ``[T, T + horizon)``).
+- **Users with only follows** (no taste of their own, followees who engaged with something)
+  get that order plus ``social_boost`` times the social signal. The boost is chosen from
+  ``SOCIAL_BOOSTS`` by NDCG@10 of the training cut-offs' such users, and adopted only when
+  its gain over 0 (the new-visitor list itself) has a 95 % interval above zero; it is written
+  as ``weights["social_boost"]`` when the cut-offs had such users.
 - **Too little history** (fewer than ``min_training_users`` examples): the defaults, saying so.
 
 Every fit is a row of ``rankers`` (version, ``as_of`` = the interval end it was fitted at,
@@ -63,6 +75,11 @@ log = logging.getLogger(__name__)
 DEFAULT_VERSION = "default"
 CANDIDATES_PER_FEATURE = 100
 TRENDING_HALF_LIVES = (6.0, 24.0, 72.0, 168.0, 720.0)
+# The weights of the social signal against trending tried for users with only follows
+# (:func:`_social_boost`); 0 (the new-visitor list itself) wins ties.
+SOCIAL_BOOSTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
+# The features the people a user follows make; fitted only when they beat a fit without them.
+SOCIAL_FEATURES = ("social", "social_taste")
 _L2 = 1e-3
 
 RANKERS_DDL = """
@@ -178,6 +195,15 @@ class Ranker:
         weights = np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float64)
         return weights * feature_mask()
 
+    def social_boost(self) -> float:
+        """For a user with no taste of their own who follows people: the weight of the social
+        signal added to the trending order (``weights["social_boost"]``, written by a fit that
+        had such users to learn from; 0 before, or when ``social`` may not be used)."""
+        from interest_pipeline.recommendations import FEATURES
+
+        mask = feature_mask()[FEATURES.index("social")]
+        return float(self.weights.get("social_boost", 0.0)) * float(mask)
+
 
 def default_weights(config: ScoringConfig) -> dict[str, float]:
     """The documented default blend (``INTEREST_SCORE_*``, see ScoringConfig)."""
@@ -239,16 +265,22 @@ class _Examples:
     x: list[np.ndarray] = field(default_factory=list)
     y: list[np.ndarray] = field(default_factory=list)
     cutoff: list[datetime] = field(default_factory=list)
+    # Per user, which candidates a feature other than the social ones put there.
+    core: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _Cutoff:
-    """What one training cut-off gives a fit: its users' candidates (features, labels) and,
-    per trending half-life, the summed NDCG@10 of its new users (None: it had none)."""
+    """What one training cut-off gives a fit: its users' candidates (features, labels, which
+    of them are there without the social features), per trending half-life the summed NDCG@10
+    of its new users (None: it had none), and per (trending half-life, social boost) each of
+    its users with only follows' NDCG@10 (:func:`_follow_only_ndcg`; None: it had none)."""
 
     x: tuple[np.ndarray, ...]
     y: tuple[np.ndarray, ...]
+    core: tuple[np.ndarray, ...]
     trending: dict[float, float] | None
+    follow_only: dict[tuple[float, float], np.ndarray] | None
 
 
 # (parameters, data key) -> _Cutoff, least recently used first (see _cutoff and _data_key).
@@ -291,14 +323,36 @@ def _known_vectors(
         con.unregister("_rank_users")
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """What scoring users at a training cut-off reads besides the warehouse."""
+
+    model_id: str
+    settings: RankerSettings
+    half_life_hours: float
+    evidence_events: int
+    config: ScoringConfig
+
+    def context(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        users: list[str],
+        cutoff: datetime,
+        trending_half_lives: Sequence[float] = (),
+    ) -> Any:
+        """The recommend stage's scoring context for ``users`` as of ``cutoff``."""
+        from interest_pipeline.recommendations import _Context
+
+        return _Context(
+            con, self.model_id, users, cutoff - timedelta(hours=1), cutoff,
+            self.half_life_hours, self.evidence_events, self.config, trending_half_lives,
+        )
+
+
 def _cutoff_examples(
     con: duckdb.DuckDBPyConnection,
-    model_id: str,
+    scope: _Scope,
     cutoff: datetime,
-    settings: RankerSettings,
-    half_life_hours: float,
-    evidence_events: int,
-    config: ScoringConfig,
     relevant: dict[str, set[str]],
     examples: _Examples,
 ) -> int:
@@ -306,22 +360,20 @@ def _cutoff_examples(
     ``examples``; returns how many."""
     import numpy as np
 
-    from interest_pipeline.recommendations import FEATURES, _Context
+    from interest_pipeline.recommendations import FEATURES
     from interest_pipeline.warehouse import vectors_to_numpy
 
     if not relevant:
         return 0
+    per_cutoff = scope.settings.users_per_cutoff
     vectors = _known_vectors(
-        con, model_id, cutoff, _sample(sorted(relevant), settings.users_per_cutoff * 2)
+        con, scope.model_id, cutoff, _sample(sorted(relevant), per_cutoff * 2)
     )
-    users = vectors.column("user_id").to_pylist()[: settings.users_per_cutoff]
+    users = vectors.column("user_id").to_pylist()[:per_cutoff]
     if not users:
         return 0
     vectors = vectors.slice(0, len(users))
-    ctx = _Context(
-        con, model_id, users, cutoff - timedelta(hours=1), cutoff,
-        half_life_hours, evidence_events, config,
-    )
+    ctx = scope.context(con, users, cutoff)
     if not len(ctx.item_ids):
         return 0
     cosines = vectors_to_numpy(vectors.column("vector")) @ ctx.item_vecs.T
@@ -337,14 +389,18 @@ def _cutoff_examples(
         ctx.mask(user, allowed, cosines[i])
         ok = np.isfinite(allowed)
         candidates: set[int] = set()
+        core: set[int] = set()  # candidates of the features other than the social ones
         new = feats[FEATURES.index("new_item")] > 0
-        for score in [*(feats[k] for k in ranked), np.where(new, feats[1], -np.inf)]:
+        for k, score in [*((k, feats[k]) for k in ranked), (-1, np.where(new, feats[1], -np.inf))]:
             # New items compete on their text: the last list is the best of them by the
             # several-interests term.
             score = np.where(ok, score, -np.inf)
             m = min(CANDIDATES_PER_FEATURE, len(score) - 1)
             top = np.argpartition(-score, m)[: m + 1] if m > 0 else np.arange(len(score))
-            candidates.update(int(j) for j in top if np.isfinite(score[j]) and score[j] > 0)
+            found = {int(j) for j in top if np.isfinite(score[j]) and score[j] > 0}
+            candidates |= found
+            if k < 0 or FEATURES[k] not in SOCIAL_FEATURES:
+                core |= found
         cand = np.array(sorted(candidates), dtype=np.int64)
         if not len(cand):
             continue
@@ -356,8 +412,51 @@ def _cutoff_examples(
         examples.x.append(feats[:, cand].T.copy())
         examples.y.append(positive)
         examples.cutoff.append(cutoff)
+        examples.core.append(np.isin(cand, np.array(sorted(core), dtype=np.int64)))
         added += 1
     return added
+
+
+def _follow_only_ndcg(
+    con: duckdb.DuckDBPyConnection, scope: _Scope, cutoff: datetime, relevant: dict[str, set[str]]
+) -> dict[tuple[float, float], np.ndarray] | None:
+    """Per (trending half-life, social boost) of :data:`TRENDING_HALF_LIVES` x
+    :data:`SOCIAL_BOOSTS`, the NDCG@10 of each user of the cut-off who has no taste of their
+    own but follows people who engaged with something (a deterministic sample of at most
+    ``users_per_cutoff``), ranked as the recommend stage ranks them
+    (:meth:`interest_pipeline.recommendations._Context.follow_only_row`); None when the
+    cut-off has no such user."""
+    import numpy as np
+
+    from interest_pipeline.evaluation import ndcg_at_k
+    from interest_pipeline.recommendations import FEATURES, _top
+
+    if not relevant or not feature_mask()[FEATURES.index("social")]:
+        return None
+    with_vector = set(
+        _known_vectors(con, scope.model_id, cutoff, sorted(relevant))
+        .column("user_id").to_pylist()
+    )
+    users = sorted(set(relevant) - with_vector)
+    if not users:
+        return None
+    ctx = scope.context(con, users, cutoff, TRENDING_HALF_LIVES)
+    users = _sample(
+        [user for user in users if ctx.follows_only(user)], scope.settings.users_per_cutoff
+    )
+    if not users or not len(ctx.item_ids):
+        return None
+    out = {}
+    for half_life in TRENDING_HALF_LIVES:
+        for boost in SOCIAL_BOOSTS:
+            values = []
+            for user in users:
+                row = ctx.follow_only_row(user, half_life, boost)
+                top = _top(row, 10)
+                ranked = ctx.item_ids[top[np.isfinite(row[top])]].tolist()
+                values.append(ndcg_at_k(ranked, relevant[user], 10))
+            out[(half_life, boost)] = np.array(values)
+    return out
 
 
 def _data_key(
@@ -431,7 +530,7 @@ def _cutoff(
     key = (
         cutoff, model_id, settings.users_per_cutoff, settings.horizon_hours, half_life_hours,
         evidence_events, config, tuple(feature_mask().tolist()), popularity_epoch(),
-        CANDIDATES_PER_FEATURE, TRENDING_HALF_LIVES, data,
+        CANDIDATES_PER_FEATURE, TRENDING_HALF_LIVES, SOCIAL_BOOSTS, SOCIAL_FEATURES, data,
     )
     hit = _CUTOFF_CACHE.get(key) if data is not None else None
     if hit is not None:
@@ -439,13 +538,15 @@ def _cutoff(
         return hit
     relevant = relevant_items(con, cutoff, settings.horizon_hours)
     examples = _Examples()
-    _cutoff_examples(
-        con, model_id, cutoff, settings, half_life_hours, evidence_events, config, relevant,
-        examples,
-    )
-    for array in (*examples.x, *examples.y):
+    scope = _Scope(model_id, settings, half_life_hours, evidence_events, config)
+    _cutoff_examples(con, scope, cutoff, relevant, examples)
+    follow_only = _follow_only_ndcg(con, scope, cutoff, relevant)
+    for array in (*examples.x, *examples.y, *examples.core, *(follow_only or {}).values()):
         array.flags.writeable = False  # shared by every later fit that reuses the entry
-    entry = _Cutoff(tuple(examples.x), tuple(examples.y), _trending_sums(con, cutoff, relevant))
+    entry = _Cutoff(
+        tuple(examples.x), tuple(examples.y), tuple(examples.core),
+        _trending_sums(con, cutoff, relevant), follow_only,
+    )
     if data is not None:
         _CUTOFF_CACHE[key] = entry
         while len(_CUTOFF_CACHE) > _CUTOFF_CACHE_SIZE:
@@ -641,6 +742,94 @@ def trending_orders(
     return out
 
 
+def _split(examples: _Examples, split: datetime) -> tuple[_Examples, _Examples]:
+    """The examples of cut-offs up to ``split`` (training) and after it (held out)."""
+    parts = (_Examples(), _Examples())
+    for x, y, core, cutoff in zip(
+        examples.x, examples.y, examples.core, examples.cutoff, strict=True
+    ):
+        part = parts[cutoff > split]
+        part.x.append(x)
+        part.y.append(y)
+        part.core.append(core)
+        part.cutoff.append(cutoff)
+    return parts
+
+
+def _has_social(examples: _Examples) -> bool:
+    """Whether any training candidate has a social feature (never on data without follows)."""
+    from interest_pipeline.recommendations import FEATURES
+
+    cols = [FEATURES.index(f) for f in SOCIAL_FEATURES]
+    return any(x[:, cols].any() for x in examples.x)
+
+
+def _without_social(examples: _Examples) -> _Examples:
+    """The examples a run without the social features computes: each user's candidates that
+    another feature put there, the social columns 0, users left with no relevant candidate
+    dropped (as :func:`_cutoff_examples` drops them)."""
+    from interest_pipeline.recommendations import FEATURES
+
+    cols = [FEATURES.index(f) for f in SOCIAL_FEATURES]
+    out = _Examples()
+    for x, y, core, cutoff in zip(
+        examples.x, examples.y, examples.core, examples.cutoff, strict=True
+    ):
+        if not y[core].any():
+            continue
+        kept = x[core]  # a copy (boolean indexing)
+        kept[:, cols] = 0.0
+        out.x.append(kept)
+        out.y.append(y[core])
+        out.core.append(core[core])
+        out.cutoff.append(cutoff)
+    return out
+
+
+def _social_gain(
+    examples: _Examples, core: _Examples, split: datetime, w_default: np.ndarray
+) -> tuple[bool, list[float] | None]:
+    """Whether the social features earn their place: the fit with them and the fit without
+    them (``core``), both on the cut-offs up to ``split``, ranked on the same held-out
+    candidates (those with the social features' own); kept when the 95 % interval of the
+    NDCG@10 gain is above 0. Returns (keep, the interval; None without a held-out cut-off)."""
+    train, held = _split(examples, split)
+    train_core, _ = _split(core, split)
+    if not (train.y and held.y and train_core.y):
+        return False, None
+    held_out = _Stacked(held.x, held.y)
+    gain = paired_bootstrap(
+        held_out.per_user(fit_weights(train.x, train.y, w_default)),
+        held_out.per_user(fit_weights(train_core.x, train_core.y, w_default)),
+    )
+    return gain["lo"] > 0, [round(gain["lo"], 4), round(gain["hi"], 4)]
+
+
+def _social_boost(
+    parts: list[dict[tuple[float, float], np.ndarray]], trending: float
+) -> tuple[float, dict[str, Any]]:
+    """The social boost for users with only follows: of :data:`SOCIAL_BOOSTS`, the one whose
+    lists (the trending order with the chosen half-life plus boost x social) have the best
+    mean NDCG@10 over the training cut-offs' such users, adopted only when its gain over 0
+    (the new-visitor list) has a 95 % interval above 0; else 0. Returns (boost, details)."""
+    import numpy as np
+
+    ndcg = {
+        boost: np.concatenate([part[(trending, boost)] for part in parts])
+        for boost in SOCIAL_BOOSTS
+    }
+    best = max(SOCIAL_BOOSTS, key=lambda b: (round(float(ndcg[b].mean()), 12), -b))
+    details: dict[str, Any] = {
+        "users": len(ndcg[0.0]),
+        "ndcg@10": {f"{b:g}": round(float(v.mean()), 4) for b, v in ndcg.items()},
+    }
+    if best == 0.0:
+        return 0.0, details
+    gain = paired_bootstrap(ndcg[best], ndcg[0.0])
+    details["gain_95ci"] = [round(gain["lo"], 4), round(gain["hi"], 4)]
+    return (best if gain["lo"] > 0 else 0.0), details
+
+
 def train_ranker(
     con: duckdb.DuckDBPyConnection,
     model_id: str,
@@ -672,12 +861,16 @@ def train_ranker(
     cutoffs.reverse()
     examples = _Examples()
     trending_at: dict[datetime, dict[float, float] | None] = {}
+    follow_only: list[dict[tuple[float, float], np.ndarray]] = []
     for cutoff in cutoffs:
         part = _cutoff(con, model_id, cutoff, s, half_life_hours, evidence_events, config)
         examples.x.extend(part.x)
         examples.y.extend(part.y)
+        examples.core.extend(part.core)
         examples.cutoff.extend([cutoff] * len(part.y))
         trending_at[cutoff] = part.trending
+        if part.follow_only is not None:
+            follow_only.append(part.follow_only)
     defaults = default_weights(config)
     w_default = np.array([defaults[f] for f in FEATURES])
     trending, trending_scores = (
@@ -686,6 +879,15 @@ def train_ranker(
         )
     )
     validation: dict[str, Any] = {}
+    split = last - timedelta(days=s.validation_days)
+    # The social features are kept only when a fit with them beats the same fit without
+    # them on the held-out cut-offs beyond noise; else the ranker is exactly the one fitted
+    # without them (INTEREST_RANKER_FEATURES lacking them), so they cannot cost quality.
+    if _has_social(examples):
+        core = _without_social(examples)
+        keep, validation["social_gain_95ci"] = _social_gain(examples, core, split, w_default)
+        if not keep:
+            examples = core
     n_users = len(examples.y)
     if n_users < s.min_training_users:
         weights, fallback = defaults, True
@@ -694,24 +896,20 @@ def train_ranker(
             f"(< {s.min_training_users}): documented defaults"
         )
     else:
-        split = last - timedelta(days=s.validation_days)
-        train = [i for i, c in enumerate(examples.cutoff) if c <= split]
-        held = [i for i, c in enumerate(examples.cutoff) if c > split]
+        train, held = _split(examples, split)
         fitted_ok = False
         reason = "no held-out cut-off to validate a fit on: documented defaults"
-        if train and held:
-            w_train = fit_weights(
-                [examples.x[i] for i in train], [examples.y[i] for i in train], w_default
-            )
-            held_out = _Stacked([examples.x[i] for i in held], [examples.y[i] for i in held])
+        if train.y and held.y:
+            w_train = fit_weights(train.x, train.y, w_default)
+            held_out = _Stacked(held.x, held.y)
             fitted_h, default_h = held_out.per_user(w_train), held_out.per_user(w_default)
             gain = paired_bootstrap(fitted_h, default_h)
-            validation = {
-                "held_out_users": len(held),
+            validation.update({
+                "held_out_users": len(held.y),
                 "fitted_ndcg@10": round(float(fitted_h.mean()), 4),
                 "default_ndcg@10": round(float(default_h.mean()), 4),
                 "gain_95ci": [round(gain["lo"], 4), round(gain["hi"], 4)],
-            }
+            })
             # Adopted only when the held-out gain is told from noise: a fit on a few hundred
             # users that wins by luck would otherwise replace defaults that were fine.
             fitted_ok = gain["lo"] > 0
@@ -725,6 +923,9 @@ def train_ranker(
             fallback, reason = False, f"fitted on {n_users} users at {len(cutoffs)} cut-offs"
         else:
             weights, fallback = defaults, True
+    if follow_only:
+        boost, validation["social_boost"] = _social_boost(follow_only, trending)
+        weights = {**weights, "social_boost": boost}
     validation["trending_ndcg@10_sum"] = trending_scores
     payload = json.dumps(weights, sort_keys=True)
     digest = hashlib.sha256(f"{payload}|{trending}".encode()).hexdigest()[:8]

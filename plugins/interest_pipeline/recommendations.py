@@ -38,7 +38,9 @@ history; the rest reads only the scored users' (and their followees') rows.
 Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
 only from cancellations gets no list rather than the items least like what they returned (or
 the merely popular ones). A user with no taste of their own (no events with a text, e.g. only
-follows) gets the items the people they follow engaged with, when there are any. Items the
+follows) whose followees engaged with something gets the new-visitor order (trending) plus the
+ranker's fitted ``social_boost`` times the ``social`` signal: the people they follow move the
+popular items they engaged with up (:meth:`_Context.follow_only_row`). Items the
 user already bought or rated are excluded. The user's best new item takes rank
 ``INTEREST_NEW_ITEM_RANK`` when none ranks higher. Evidence for an item =
 the user's past contributions (item documents or query/tag texts, decayed and weighted as in
@@ -522,6 +524,7 @@ class _Context:
         half_life_hours: float,
         evidence_events: int,
         config: ScoringConfig,
+        trending_half_lives: Sequence[float] = (),
     ) -> None:
         import numpy as np
         import pyarrow as pa
@@ -543,9 +546,13 @@ class _Context:
             rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
             _collect_engaged_pairs(con, interval_start)
             stats = catalogue_stats(
-                con, self.item_ids.tolist(), interval_start, (config.popularity_half_life_hours,)
+                con, self.item_ids.tolist(), interval_start,
+                (config.popularity_half_life_hours, *trending_half_lives),
             )
             self.prior = _popularity_prior(stats.popularity[config.popularity_half_life_hours])
+            # Recency-popularity by each trending half-life, for users with no taste of their
+            # own (:meth:`follow_only_row`).
+            self.trending = {float(h): stats.popularity[float(h)] for h in trending_half_lives}
             self.engaged = stats.engaged
             self.behaviour = _cooccurrence(con, users, stats.cooccurrence)
             self.social, self.social_people = social_signal(
@@ -665,18 +672,40 @@ class _Context:
         """True when people the user follows engaged with some item."""
         return user in self.social
 
-    def mask(self, user: str, row: np.ndarray, cosines: np.ndarray) -> None:
-        """Disqualify, in place, what the user must not be shown."""
+    def follows_only(self, user: str) -> bool:
+        """True for a user with no taste of their own (e.g. only follows) whose followees
+        engaged with something: their list comes from :meth:`follow_only_row`."""
+        return not self.has_taste(user) and self.has_social(user)
+
+    def follow_only_row(self, user: str, half_life_hours: float, boost: float) -> np.ndarray:
+        """The scores of a user with no taste of their own: the new-visitor order (trending:
+        recency-popularity with ``half_life_hours``, scaled to [0, 1]) plus ``boost`` times
+        the social signal (:func:`interest_pipeline.social.social_signal`, in [0, 1]). Only
+        items someone engaged with qualify, as in the new-visitor list, so with ``boost`` 0
+        the list is exactly that list (ties by catalogue order, that is by item id)."""
         import numpy as np
 
-        if self.has_taste(user):
-            # Only items the interest points towards: a user known only from cancellations has
-            # a vector pointing away from what they returned, not a taste to match.
-            row[cosines <= 0] = -np.inf
-        else:
-            # No taste of their own (e.g. only follows): what the people they follow engaged
-            # with, and nothing else.
-            row[self.social.get(user, np.zeros_like(row)) <= 0] = -np.inf
+        popularity = self.trending[float(half_life_hours)]
+        top = popularity.max() if len(popularity) else 0.0
+        row = popularity / top if top > 0 else np.zeros_like(popularity)
+        if boost:
+            row = row + boost * self.social.get(user, 0.0)
+        row[~self.engaged] = -np.inf
+        self._drop_consumed(user, row)
+        return row
+
+    def mask(self, user: str, row: np.ndarray, cosines: np.ndarray) -> None:
+        """Disqualify, in place, what a user with a taste of their own must not be shown:
+        items their interest points away from (``cos <= 0``), and what they consumed."""
+        import numpy as np
+
+        row[cosines <= 0] = -np.inf
+        self._drop_consumed(user, row)
+
+    def _drop_consumed(self, user: str, row: np.ndarray) -> None:
+        """Items bought or rated are never shown again."""
+        import numpy as np
+
         consumed = self.consumed.get(user)
         if consumed is not None:
             row[consumed] = -np.inf
@@ -809,14 +838,13 @@ def recommend(
     from interest_pipeline.ranker import default_ranker
 
     ranker = ranker or default_ranker(config)
-    weights = ranker.weight_vector()
     new_item_rank = new_item_slot()
     users = users_table.column("user_id").to_numpy(zero_copy_only=False)
     if not users_table.num_rows:
         return _Lists.schema().empty_table()
     ctx = _Context(
         con, model_id, users.tolist(), interval_start, interval_end,
-        half_life_hours, evidence_events, config,
+        half_life_hours, evidence_events, config, (ranker.trending_half_life_hours,),
     )
     out = _Lists(ctx)
     if len(ctx.item_ids):
@@ -826,7 +854,7 @@ def recommend(
             cosines = user_vecs[block : block + _USER_BLOCK] @ ctx.item_vecs.T
             interests = ctx.interests(users[block : block + _USER_BLOCK])
             _score_block(
-                ctx, users[block : block + _USER_BLOCK], cosines, interests, weights, n,
+                ctx, users[block : block + _USER_BLOCK], cosines, interests, ranker, n,
                 new_item_rank, out,
             )
     return out.table(con, interval_end, model_id, ranker.version)
@@ -852,7 +880,7 @@ def _score_block(
     users: Sequence[str],
     cosines: np.ndarray,
     interests: np.ndarray,
-    weights: np.ndarray,
+    ranker: Ranker,
     n: int,
     new_item_rank: int,
     out: _Lists,
@@ -860,9 +888,17 @@ def _score_block(
     """Rank the catalogue for each user of a block and append their rows to ``out``."""
     import numpy as np
 
+    weights = ranker.weight_vector()
     ranked: list[tuple[str, np.ndarray, np.ndarray]] = []
     for i, user in enumerate(users):
-        if not (ctx.has_taste(user) or ctx.has_social(user)):
+        if ctx.follows_only(user):
+            row = ctx.follow_only_row(
+                user, ranker.trending_half_life_hours, ranker.social_boost()
+            )
+            top = _top(row, n)
+            ranked.append((user, row, top[np.isfinite(row[top])]))
+            continue
+        if not ctx.has_taste(user):
             continue
         feats = ctx.features(user, cosines[i], interests[i])
         row = weights @ feats

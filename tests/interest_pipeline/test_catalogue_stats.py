@@ -60,6 +60,15 @@ def test_skipping_hours_or_asking_for_the_past_gives_the_same_numbers(con):
     assert _watermark(con) == H0 + 6 * HOUR
 
 
+def test_a_half_life_asked_for_twice_is_counted_once(con):
+    """The recommend stage asks for the prior's and the trending half-life, often the same."""
+    _random_history(con, 8)
+    catalogue_stats(con, ITEMS, H0 + 6 * HOUR, HALF_LIVES)
+    for at in (H0 + 2 * HOUR, H0 + 7 * HOUR):  # from a scan, then from the state
+        twice = catalogue_stats(con, ITEMS, at, (168.0, 168.0, 6.0))
+        _same(twice, _from_scan(con, ITEMS, at, HALF_LIVES))
+
+
 def test_late_rows_and_rebuilt_hours_are_noticed(con):
     _random_history(con, 6)
     catalogue_stats(con, ITEMS, H0 + 5 * HOUR, HALF_LIVES)

@@ -257,3 +257,109 @@ def test_changed_data_at_a_memoized_cutoff_is_recomputed(con, fake_encoder, coun
         env.setenv("INTEREST_RANKER_FEATURES", "interests,popularity")
         ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
     assert len(counted) == 6
+
+
+# --------------------------------------------------------------------------------------------
+# The social side: fitted only where it beats the same fit without it
+# --------------------------------------------------------------------------------------------
+
+NO_SOCIAL = ",".join(f for f in FEATURES if f not in ranker.SOCIAL_FEATURES)
+
+
+def _shop_with_follows(con, fake_encoder, step: int = 1) -> None:
+    """The shop, where user k follows user k + step. User k + 1 buys today what user k buys
+    tomorrow, so following the next user predicts; user k + 6 buys from the other family, so
+    following them misleads."""
+    from tests.builders import add_follow
+
+    for u in range(12):
+        add_follow(con, f"f{u}", f"u{u}", f"u{(u + step) % 12}", DAY0, DAY0)
+    _shop(con, fake_encoder)
+
+
+def test_the_examples_without_the_social_side_are_those_of_a_run_without_it(
+    con, fake_encoder, monkeypatch
+):
+    """The social decision compares against exactly what INTEREST_RANKER_FEATURES without the
+    social features fits on: the same users, candidates and features."""
+    _shop_with_follows(con, fake_encoder)
+    # Few candidates per feature, so the social features' own are not all among the others'.
+    monkeypatch.setattr(ranker, "CANDIDATES_PER_FEATURE", 2)
+    cutoff = DAY0 + timedelta(days=5)
+    full = ranker._cutoff(con, "fake", cutoff, SMALL, 168.0, 100, ScoringConfig())
+    examples = ranker._Examples(list(full.x), list(full.y), [cutoff] * len(full.y),
+                                list(full.core))
+    assert ranker._has_social(examples)
+    assert not all(core.all() for core in full.core)  # the social features add candidates
+    core = ranker._without_social(examples)
+    monkeypatch.setenv("INTEREST_RANKER_FEATURES", NO_SOCIAL)
+    ablated = ranker._cutoff(con, "fake", cutoff, SMALL, 168.0, 100, ScoringConfig())
+    assert len(core.x) == len(ablated.x) > 0
+    for mine, theirs in zip(core.x, ablated.x, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    for mine, theirs in zip(core.y, ablated.y, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def _fit_with_and_without_social(con, monkeypatch) -> tuple[dict, dict, dict]:
+    """(weights, validation) of a fit, and the weights of the same fit without the social
+    features (INTEREST_RANKER_FEATURES)."""
+    fit_at = DAY0 + timedelta(days=8)
+    ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    ((weights, validation),) = con.execute("select weights, validation from rankers").fetchall()
+    with monkeypatch.context() as env:
+        env.setenv("INTEREST_RANKER_FEATURES", NO_SOCIAL)
+        ranker.train_ranker(con, "fake", fit_at, 168.0, 100, ScoringConfig(), SMALL)
+    ((ablated,),) = con.execute("select weights from rankers").fetchall()
+    return json.loads(weights), json.loads(validation), json.loads(ablated)
+
+
+def test_a_social_side_that_does_not_beat_the_fit_without_it_is_left_out(
+    con, fake_encoder, monkeypatch
+):
+    """Following someone of the other family misleads: the social features weigh 0, and the
+    validation says why."""
+    _shop_with_follows(con, fake_encoder, step=6)
+    weights, validation, _ = _fit_with_and_without_social(con, monkeypatch)
+    assert validation["social_gain_95ci"][0] <= 0
+    assert weights["social"] == weights["social_taste"] == 0.0
+
+
+def test_a_left_out_social_side_gives_exactly_the_fit_without_it(
+    con, fake_encoder, monkeypatch
+):
+    """Whenever the social side is left out, the ranker is the one a run without the social
+    features fits, weight for weight (here a fit that beats poor defaults, with the social
+    decision forced)."""
+    _shop_with_follows(con, fake_encoder, step=1)
+    poor = dict.fromkeys(FEATURES, 0.0) | {"popularity": -1.0}
+    monkeypatch.setattr(ranker, "default_weights", lambda config: dict(poor))
+    monkeypatch.setattr(ranker, "_social_gain", lambda *args: (False, None))
+    weights, validation, ablated = _fit_with_and_without_social(con, monkeypatch)
+    assert validation["gain_95ci"][0] > 0  # fitted, not the defaults
+    assert weights == ablated and weights != poor
+
+
+def test_a_social_side_that_predicts_is_kept(con, fake_encoder, monkeypatch):
+    _shop_with_follows(con, fake_encoder, step=1)
+    weights, validation, ablated = _fit_with_and_without_social(con, monkeypatch)
+    assert validation["social_gain_95ci"][0] > 0
+    assert weights["social"] > 0 and weights != ablated
+
+
+def test_the_social_boost_is_the_best_one_only_when_it_wins_beyond_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 300)
+    clear_win = {(24.0, b): base + (0.1 if b == 0.3 else 0.0) for b in ranker.SOCIAL_BOOSTS}
+    boost, details = ranker._social_boost([clear_win], 24.0)
+    assert boost == 0.3 and details["gain_95ci"][0] > 0 and details["users"] == 300
+    # One user better off, the rest alike: the best mean, but not told from noise.
+    lucky = {key: values.copy() for key, values in clear_win.items()}
+    for b in ranker.SOCIAL_BOOSTS:
+        lucky[(24.0, b)] = base.copy()
+    lucky[(24.0, 1.0)][0] += 0.5
+    assert ranker._social_boost([lucky], 24.0)[0] == 0.0
+    # A tie keeps 0 (the new-visitor list): the smaller boost wins ties.
+    tie = {(24.0, b): base for b in ranker.SOCIAL_BOOSTS}
+    assert ranker._social_boost([tie], 24.0) == (0.0, {"users": 300, "ndcg@10": {
+        f"{b:g}": round(float(base.mean()), 4) for b in ranker.SOCIAL_BOOSTS}})

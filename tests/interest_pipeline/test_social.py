@@ -85,6 +85,38 @@ def test_a_user_with_only_follows_gets_what_they_follow_engage_with(con, fake_en
     assert first["text"] == "2 people you follow engaged with it"
 
 
+def test_a_user_with_only_follows_gets_the_trending_order_moved_by_the_fitted_boost(
+    con, fake_encoder, monkeypatch
+):
+    """Without a boost (no fit had such users, or ``social`` is ablated) the list is the
+    new-visitor list; with the fitted boost, what the people u follows engaged with moves up."""
+    _catalogue(con)
+    for k, user in enumerate(["p1", "p2", "p3"]):  # x is popular with people u does not follow
+        add_event(con, f"p{k}", user, "click", H[0], H[0], item_id="x")
+    add_event(con, "a1", "a", "click", H[0], H[0], item_id="y")
+    add_follow(con, "f1", "u", "a", H[0], H[0])
+
+    _use_weights(con, SOCIAL_ONLY)  # a fit without a social_boost
+    _hour(con, fake_encoder, 0)
+    new_visitor = [r[0] for r in con.execute(
+        "select item_id from new_user_recommendations where as_of = ? order by rank", [H[1]]
+    ).fetchall()]
+    assert _list(con, "u", H[1]) == new_visitor == ["x", "y"]
+
+    _use_weights(con, {**SOCIAL_ONLY, "social_boost": 3.0})
+    _hour(con, fake_encoder, 0)
+    assert _list(con, "u", H[1]) == ["y", "x"]
+    (evidence,) = con.execute(
+        "select evidence from recommendations where user_id = 'u' and item_id = 'y'"
+    ).fetchone()
+    assert json.loads(evidence)[0]["text"] == "1 person you follow engaged with it"
+
+    # The ablation without the social signal serves the new-visitor list again.
+    monkeypatch.setenv("INTEREST_RANKER_FEATURES", "content,interests,popularity")
+    _hour(con, fake_encoder, 0)
+    assert _list(con, "u", H[1]) == ["x", "y"]
+
+
 def test_a_followees_change_reaches_the_follower_and_an_unfollow_takes_it_back(
     con, fake_encoder
 ):
