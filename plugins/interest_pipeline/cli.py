@@ -158,6 +158,7 @@ def get_new_visitor_list(
     n: int = 10,
 ) -> dict[str, Any]:
     """The list served to visitors with no history, in force at ``as_of``: trending now."""
+    from interest_pipeline.evidence import TRENDING_EVIDENCE
     from interest_pipeline.warehouse import table_exists
 
     if not table_exists(con, "new_user_recommendations"):
@@ -186,7 +187,7 @@ def get_new_visitor_list(
     ).fetchall()
     recs = [
         {"rank": rank, "item_id": item, "title": title, "score": score,
-         "evidence": [{"event_type": "trending", "text": "popular with recent visitors"}]}
+         "evidence": [TRENDING_EVIDENCE]}
         for rank, item, title, score, _, _ in rows
     ]
     return {

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 # Contributions shown per recommended item.
 EVIDENCE_PER_ITEM = 3
+# Why an item of the new-visitor list is there (also for a user with only follows, when none
+# of the people they follow engaged with it).
+TRENDING_EVIDENCE = {"event_type": "trending", "text": "popular with recent visitors"}
 
 # Compact UTF-8 JSON for the few social entries (msgspec: a small C extension).
 encode_json = msgspec.json.Encoder().encode

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING
 
 from interest_pipeline.catalogue_stats import catalogue_stats
 from interest_pipeline.config import max_event_skew_hours
-from interest_pipeline.evidence import EvidenceWriter
+from interest_pipeline.evidence import TRENDING_EVIDENCE, EvidenceWriter
 from interest_pipeline.social import (
     follows_sql,
     social_evidence,
@@ -751,13 +751,17 @@ class _Context:
 
     def social_entries(self, user: str, top: np.ndarray) -> list[dict | None] | None:
         """Per listed item, its social evidence entry (people the user follows engaged with
-        it) or None; None for a user whose followees engaged with nothing."""
+        it) or None; None for a user whose followees engaged with nothing. For a user with
+        only follows (:meth:`follows_only`), whose list is the trending order, an item none
+        of them engaged with is there for being trending, and says so."""
         people = self.social_people.get(user)
         if not people:
             return None
         signal = self.social[user]
+        otherwise = TRENDING_EVIDENCE if self.follows_only(user) else None
         return [
-            social_evidence(people[j], signal[j]) if j in people else None for j in top.tolist()
+            social_evidence(people[j], signal[j]) if j in people else otherwise
+            for j in top.tolist()
         ]
 
 

@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta
 
 from interest_pipeline.embeddings import embed_new_texts
+from interest_pipeline.evidence import TRENDING_EVIDENCE
 from interest_pipeline.recommendations import ScoringConfig, write_recommendations
 from interest_pipeline.social import follows_as_of
 from interest_pipeline.user_vectors import update_user_vectors, vector_as_of
@@ -106,10 +107,11 @@ def test_a_user_with_only_follows_gets_the_trending_order_moved_by_the_fitted_bo
     _use_weights(con, {**SOCIAL_ONLY, "social_boost": 3.0})
     _hour(con, fake_encoder, 0)
     assert _list(con, "u", H[1]) == ["y", "x"]
-    (evidence,) = con.execute(
-        "select evidence from recommendations where user_id = 'u' and item_id = 'y'"
-    ).fetchone()
-    assert json.loads(evidence)[0]["text"] == "1 person you follow engaged with it"
+    evidence = dict(con.execute(
+        "select item_id, evidence from recommendations where user_id = 'u'"
+    ).fetchall())
+    assert json.loads(evidence["y"])[0]["text"] == "1 person you follow engaged with it"
+    assert json.loads(evidence["x"]) == [TRENDING_EVIDENCE]  # nobody u follows: trending
 
     # The ablation without the social signal serves the new-visitor list again.
     monkeypatch.setenv("INTEREST_RANKER_FEATURES", "content,interests,popularity")
