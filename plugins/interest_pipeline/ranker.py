@@ -788,21 +788,22 @@ def _without_social(examples: _Examples) -> _Examples:
 
 def _social_gain(
     examples: _Examples, core: _Examples, split: datetime, w_default: np.ndarray
-) -> tuple[bool, list[float] | None]:
+) -> tuple[bool, list[float] | None, np.ndarray | None]:
     """Whether the social features earn their place: the fit with them and the fit without
     them (``core``), both on the cut-offs up to ``split``, ranked on the same held-out
     candidates (those with the social features' own); kept when the 95 % interval of the
-    NDCG@10 gain is above 0. Returns (keep, the interval; None without a held-out cut-off)."""
+    NDCG@10 gain is above 0. Returns (keep, the interval, the training fit of the variant
+    kept; both None without a held-out cut-off), so the caller does not fit it again."""
     train, held = _split(examples, split)
     train_core, _ = _split(core, split)
     if not (train.y and held.y and train_core.y):
-        return False, None
+        return False, None, None
     held_out = _Stacked(held.x, held.y)
-    gain = paired_bootstrap(
-        held_out.per_user(fit_weights(train.x, train.y, w_default)),
-        held_out.per_user(fit_weights(train_core.x, train_core.y, w_default)),
-    )
-    return gain["lo"] > 0, [round(gain["lo"], 4), round(gain["hi"], 4)]
+    w_with = fit_weights(train.x, train.y, w_default)
+    w_without = fit_weights(train_core.x, train_core.y, w_default)
+    gain = paired_bootstrap(held_out.per_user(w_with), held_out.per_user(w_without))
+    keep = gain["lo"] > 0
+    return keep, [round(gain["lo"], 4), round(gain["hi"], 4)], w_with if keep else w_without
 
 
 def _social_boost(
@@ -883,9 +884,12 @@ def train_ranker(
     # The social features are kept only when a fit with them beats the same fit without
     # them on the held-out cut-offs beyond noise; else the ranker is exactly the one fitted
     # without them (INTEREST_RANKER_FEATURES lacking them), so they cannot cost quality.
+    train_fit = None  # the fit on the training cut-offs, when the social test made it
     if _has_social(examples):
         core = _without_social(examples)
-        keep, validation["social_gain_95ci"] = _social_gain(examples, core, split, w_default)
+        keep, validation["social_gain_95ci"], train_fit = _social_gain(
+            examples, core, split, w_default
+        )
         if not keep:
             examples = core
     n_users = len(examples.y)
@@ -900,7 +904,9 @@ def train_ranker(
         fitted_ok = False
         reason = "no held-out cut-off to validate a fit on: documented defaults"
         if train.y and held.y:
-            w_train = fit_weights(train.x, train.y, w_default)
+            w_train = (
+                train_fit if train_fit is not None else fit_weights(train.x, train.y, w_default)
+            )
             held_out = _Stacked(held.x, held.y)
             fitted_h, default_h = held_out.per_user(w_train), held_out.per_user(w_default)
             gain = paired_bootstrap(fitted_h, default_h)

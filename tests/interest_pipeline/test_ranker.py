@@ -334,7 +334,7 @@ def test_a_left_out_social_side_gives_exactly_the_fit_without_it(
     _shop_with_follows(con, fake_encoder, step=1)
     poor = dict.fromkeys(FEATURES, 0.0) | {"popularity": -1.0}
     monkeypatch.setattr(ranker, "default_weights", lambda config: dict(poor))
-    monkeypatch.setattr(ranker, "_social_gain", lambda *args: (False, None))
+    monkeypatch.setattr(ranker, "_social_gain", lambda *args: (False, None, None))
     weights, validation, ablated = _fit_with_and_without_social(con, monkeypatch)
     assert validation["gain_95ci"][0] > 0  # fitted, not the defaults
     assert weights == ablated and weights != poor
