@@ -14,6 +14,7 @@ same key order, compact, UTF-8 unescaped; checked on a 1M-event hour's 694k list
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -65,21 +66,45 @@ class EvidenceWriter:
         """
         import numpy as np
 
-        n = cosines.shape[1]
-        first = self.row_count
-        self.row_count += n
-        for i, entry in enumerate(social or ()):
-            if entry is not None:
-                self._social[first + i] = encode_json(entry).decode()
-        if len(coef) == 0 or n == 0:
+        self.add_lists(
+            (cosines * coef[:, None])[None], np.array([offset]),
+            np.array([cosines.shape[1]]), [social],
+        )
+
+    def add_lists(
+        self,
+        pull: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        social: Sequence[list[dict | None] | None],
+    ) -> None:
+        """The evidence of the next lists, several at once (list k: the next ``lengths[k]``
+        rows, in rank order).
+
+        ``pull[k, c, i]``: list k's user's contribution c (importance x cosine) towards its
+        i-th item, ``-inf`` past the user's contributions or the list's end; ``offsets[k]``:
+        the position of that user's first contribution in the contributions table;
+        ``social[k]``: per listed item, its social entry or None (or None for the list).
+        """
+        import numpy as np
+
+        firsts = self.row_count + np.cumsum(lengths) - lengths
+        self.row_count += int(np.sum(lengths))
+        for first, entries in zip(firsts.tolist(), social, strict=True):
+            for i, entry in enumerate(entries or ()):
+                if entry is not None:
+                    self._social[first + i] = encode_json(entry).decode()
+        if pull.size == 0:
             return
-        pull = (cosines * coef[:, None]).T  # items x contributions
-        # The strongest contributions of every item at once (stable: ties keep event order).
+        # The strongest contributions of every item at once (stable: ties keep event order;
+        # the -inf padding sorts last and is never kept).
         order = np.argsort(-pull, axis=1, kind="stable")[:, :EVIDENCE_PER_ITEM]
-        strongest = np.take_along_axis(pull, order, axis=1)
-        keep = strongest > 0  # row-major: by row, then strongest first
-        self._rows.append(np.broadcast_to(np.arange(first, first + n)[:, None], keep.shape)[keep])
-        self._positions.append(order[keep] + offset)
+        strongest = np.take_along_axis(pull, order, axis=1).transpose(0, 2, 1)
+        order = order.transpose(0, 2, 1)  # list, item, then strongest first: the row order
+        keep = strongest > 0
+        rows = firsts[:, None, None] + np.arange(pull.shape[2])[None, :, None]
+        self._rows.append(np.broadcast_to(rows, keep.shape)[keep])
+        self._positions.append((order + offsets[:, None, None])[keep])
         self._values.append(strongest[keep])
 
     def column(self, con: duckdb.DuckDBPyConnection) -> pa.Array:

@@ -95,6 +95,12 @@ _USER_BLOCK = 1024
 # Distinct texts compared with the catalogue per matrix product of the several-interests term:
 # bounds its float64 block (texts x items) to about 100 MB at 6,000 items.
 _TEXT_BLOCK = 2048
+# The several-interests rows (texts x items) kept for the hour, and the co-occurrence counts
+# (items x items) made dense: at most 256 MB of float64 each.
+_POWERED_CELLS = 32_000_000
+# Users whose features are scored at once: their (users, features, items) block is about
+# 100 MB at 6,000 items.
+_SCORE_BLOCK = 256
 # Users whose evidence is computed in one product (their texts x the union of their lists).
 _EVIDENCE_BLOCK = 256
 
@@ -554,6 +560,8 @@ class _Context:
             # own (:meth:`follow_only_row`).
             self.trending = {float(h): stats.popularity[float(h)] for h in trending_half_lives}
             self.engaged = stats.engaged
+            # Catalogue positions of the items nobody engaged with yet (in catalogue order).
+            self.new_items = np.flatnonzero(~self.engaged)
             self.behaviour = _cooccurrence(con, users, stats.cooccurrence)
             self.social, self.social_people = social_signal(
                 con, interval_start, interval_end, half_life_hours, n_items
@@ -589,6 +597,8 @@ class _Context:
             ["event_type", "item_id", "text_kind", "title", "text", "event_at"]
         )
         self.ev_bounds = _group_bounds(ev_users, np.array(users, dtype=object))
+        self._powered_rows: np.ndarray | None = None  # see _powered
+        self._powered_done: np.ndarray | None = None
 
     def has_taste(self, user: str) -> bool:
         """False for a user known only from negative signals (cancellations): the vector points
@@ -632,40 +642,78 @@ class _Context:
         )  # duplicates summed: one column per distinct text
         for lo in range(0, len(distinct), _TEXT_BLOCK):
             block = distinct[lo : lo + _TEXT_BLOCK]
-            sims = np.maximum(self.text_vecs[block] @ self.item_vecs.T, 0.0)
-            out += importance[:, lo : lo + len(block)] @ _power(sims, p)
+            out += importance[:, lo : lo + len(block)] @ self._powered(block)
         has = totals > 0
         out[has] = (out[has] / totals[has, None]) ** (1.0 / p)
         return out
+
+    def _powered(self, texts: np.ndarray) -> np.ndarray:
+        """``max(0, cos(t, e_j)) ** p`` of each of ``texts`` (distinct, sorted) with the
+        catalogue. The blocks of users mostly share their texts (the same item documents), so
+        each text's row is computed once per hour and kept, while all of the hour's texts
+        fit in ``_POWERED_CELLS``; beyond that, per call."""
+        import numpy as np
+
+        def compute(rows: np.ndarray) -> np.ndarray:
+            sims = np.maximum(self.text_vecs[rows] @ self.item_vecs.T, 0.0)
+            return _power(sims, self.config.interests_power)
+
+        n_texts, n_items = len(self.text_vecs), len(self.item_ids)
+        if n_texts * n_items > _POWERED_CELLS:
+            return compute(texts)
+        if self._powered_rows is None:
+            self._powered_rows = np.zeros((n_texts, n_items), dtype=np.float64)
+            self._powered_done = np.zeros(n_texts, dtype=bool)
+        missing = texts[~self._powered_done[texts]]
+        if len(missing):
+            self._powered_rows[missing] = compute(missing)
+            self._powered_done[missing] = True
+        return self._powered_rows[texts]
 
     def features(
         self, user: str, cosines: np.ndarray, interests: np.ndarray | None = None
     ) -> np.ndarray:
         """The user's features over the catalogue, shape (len(FEATURES), items);
         ``interests``: the user's row of :meth:`interests` when computed for a block."""
+        row = self.interests([user])[0] if interests is None else interests
+        return self.block_features([user], cosines[None, :], row[None, :])[0]
+
+    def block_features(
+        self, users: Sequence[str], cosines: np.ndarray, interests: np.ndarray
+    ) -> np.ndarray:
+        """The features of a block of users, shape (users, len(FEATURES), items); row k is
+        user k's (``cosines`` and ``interests``: their rows of the block's matrices).
+
+        Each user's slice is contiguous, so ``np.matmul(weights, block)`` scores every user
+        with the same arithmetic as ``weights @ features(user)``: the same scores to the bit.
+        """
         import numpy as np
 
-        lo, hi = self.ev_bounds.get(user, (0, 0))
-        coef = self.ev_coef[lo:hi]
-        out = np.zeros((len(FEATURES), len(self.item_ids)), dtype=np.float64)
-        out[0] = cosines
-        positive = coef > 0
-        out[1] = self.interests([user])[0] if interests is None else interests
-        out[2] = self.prior
-        if user in self.behaviour:
-            out[3] = self.behaviour[user]
-        # The user's own decayed engagement with each item (clicks, views, carts: items not
-        # consumed, which stay recommendable), scaled by the user's strongest.
-        own = self.ev_item[lo:hi]
-        keep = (own >= 0) & positive
-        if keep.any():
-            np.add.at(out[4], own[keep], coef[keep])
-            out[4] /= out[4].max()
-        out[5] = ~self.engaged
-        if user in self.social:
-            out[6] = self.social[user]
-        if user in self.social_vecs:
-            out[7] = self.item_vecs @ self.social_vecs[user][0]
+        n_items = len(self.item_ids)
+        out = np.zeros((len(users), len(FEATURES), n_items), dtype=np.float64)
+        out[:, 0] = cosines
+        out[:, 1] = interests
+        out[:, 2] = self.prior
+        out[:, 5] = ~self.engaged
+        # The users' own decayed engagement with each item (clicks, views, carts: items not
+        # consumed, which stay recommendable), scaled by each user's strongest.
+        spans = [self.ev_bounds.get(user, (0, 0)) for user in users]
+        index = _positions(spans)
+        owner, _ = _ragged(np.array([hi - lo for lo, hi in spans], dtype=np.int64))
+        keep = (self.ev_item[index] >= 0) & (self.ev_coef[index] > 0)
+        own = np.zeros((len(users), n_items), dtype=np.float64)
+        # Per user the same additions in the same (event) order as one user at a time.
+        np.add.at(own.reshape(-1), owner[keep] * n_items + self.ev_item[index[keep]],
+                  self.ev_coef[index[keep]])
+        engaged = np.unique(owner[keep])
+        out[engaged, 4] = own[engaged] / own[engaged].max(axis=1, keepdims=True)
+        for k, user in enumerate(users):
+            if user in self.behaviour:
+                out[k, 3] = self.behaviour[user]
+            if user in self.social:
+                out[k, 6] = self.social[user]
+            if user in self.social_vecs:
+                out[k, 7] = self.item_vecs @ self.social_vecs[user][0]
         return out
 
     def has_social(self, user: str) -> bool:
@@ -697,10 +745,15 @@ class _Context:
     def mask(self, user: str, row: np.ndarray, cosines: np.ndarray) -> None:
         """Disqualify, in place, what a user with a taste of their own must not be shown:
         items their interest points away from (``cos <= 0``), and what they consumed."""
+        self.mask_block([user], row[None, :], cosines[None, :])
+
+    def mask_block(self, users: Sequence[str], rows: np.ndarray, cosines: np.ndarray) -> None:
+        """:meth:`mask` for a block of users (row k: user k), in place."""
         import numpy as np
 
-        row[cosines <= 0] = -np.inf
-        self._drop_consumed(user, row)
+        rows[cosines <= 0] = -np.inf
+        for row, user in zip(rows, users, strict=True):
+            self._drop_consumed(user, row)
 
     def _drop_consumed(self, user: str, row: np.ndarray) -> None:
         """Items bought or rated are never shown again."""
@@ -711,43 +764,58 @@ class _Context:
             row[consumed] = -np.inf
 
     def with_new_item(
-        self, top: np.ndarray, row: np.ndarray, feats: np.ndarray, rank: int
+        self, top: np.ndarray, row: np.ndarray, interests: np.ndarray, rank: int
     ) -> np.ndarray:
         """The list with the user's best new item (nobody engaged with it yet; best by the
-        several-interests term) at ``rank`` unless one is ranked above it already: only a
-        new item's text can carry it, and without a slot the popularity and co-occurrence
-        terms always crowd it out."""
+        several-interests term, ``interests``: the user's row) at ``rank`` unless one is
+        ranked above it already: only a new item's text can carry it, and without a slot the
+        popularity and co-occurrence terms always crowd it out."""
         import numpy as np
 
-        if rank <= 0 or len(top) < rank - 1:
+        if rank <= 0 or len(top) < rank - 1 or not len(self.new_items):
             return top
-        new = feats[FEATURES.index("new_item")] > 0
-        if new[top[:rank]].any():
+        if (~self.engaged[top[:rank]]).any():
             return top
-        cold = np.where(new & np.isfinite(row), feats[FEATURES.index("interests")], -np.inf)
+        cold = np.where(np.isfinite(row[self.new_items]), interests[self.new_items], -np.inf)
         best = int(np.argmax(cold))
         if not np.isfinite(cold[best]) or cold[best] <= 0:
             return top
-        return np.concatenate([top[: rank - 1], [best], top[rank - 1 :]])[: max(len(top), rank)]
+        item = self.new_items[best]
+        return np.concatenate([top[: rank - 1], [item], top[rank - 1 :]])[: max(len(top), rank)]
 
-    def evidence_cosines(
+    def evidence_pull(
         self, users: Sequence[str], tops: Sequence[np.ndarray]
-    ) -> list[np.ndarray]:
-        """Per user, the cosines of their contributions with their recommended items: one
-        product of the block's distinct texts with the union of its lists, then gathered."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per user, how much each of their contributions pulls them towards each item of
+        their list (importance x cosine), padded with -inf to (users, most contributions,
+        longest list); and each user's first contribution's position. One product of the
+        block's distinct texts with the union of its lists, then gathered."""
         import numpy as np
 
         spans = [self.ev_bounds.get(user, (0, 0)) for user in users]
-        texts = np.unique(np.concatenate(
-            [self.ev_text[lo:hi] for lo, hi in spans] + [np.zeros(0, np.int64)]
-        ))
-        items = np.unique(np.concatenate([*tops, np.zeros(0, np.int64)]))
+        counts = np.array([hi - lo for lo, hi in spans], dtype=np.int64)
+        lengths = np.array([len(top) for top in tops], dtype=np.int64)
+        pull = np.full((len(users), int(counts.max(initial=0)), int(lengths.max(initial=0))),
+                       -np.inf)
+        contribution = _positions(spans)
+        listed = np.concatenate([*tops, np.zeros(0, np.int64)])
+        texts = np.unique(self.ev_text[contribution])
+        items = np.unique(listed)
         sims = self.text_vecs[texts] @ self.item_vecs[items].T
-        return [
-            sims[np.ix_(np.searchsorted(texts, self.ev_text[lo:hi]),
-                        np.searchsorted(items, top))]
-            for (lo, hi), top in zip(spans, tops, strict=True)
-        ]
+        # Each user's contributions (c) and listed items (i) as padded positions in sims.
+        c_user, c_at = _ragged(counts)
+        i_user, i_at = _ragged(lengths)
+        text_of = np.zeros(pull.shape[:2], dtype=np.int64)
+        text_of[c_user, c_at] = np.searchsorted(texts, self.ev_text[contribution])
+        coef = np.zeros(pull.shape[:2])
+        coef[c_user, c_at] = self.ev_coef[contribution]
+        item_of = np.zeros((len(users), pull.shape[2]), dtype=np.int64)
+        item_of[i_user, i_at] = np.searchsorted(items, listed)
+        valid = np.zeros(pull.shape, dtype=bool)
+        valid[c_user, c_at] = np.arange(pull.shape[2]) < lengths[c_user, None]
+        cosines = sims[text_of[:, :, None], item_of[:, None, :]]
+        pull[valid] = (cosines * coef[:, :, None])[valid]
+        return pull, np.array([lo for lo, _ in spans], dtype=np.int64)
 
     def social_entries(self, user: str, top: np.ndarray) -> list[dict | None] | None:
         """Per listed item, its social evidence entry (people the user follows engaged with
@@ -775,14 +843,21 @@ class _Lists:
         self.scores: list[np.ndarray] = []
         self.evidence = EvidenceWriter(ctx.contributions)
 
-    def add(self, user: str, row: np.ndarray, top: np.ndarray, cosines: np.ndarray) -> None:
-        """The user's list ``top`` (catalogue positions, in rank order) scored by ``row``;
-        ``cosines``: their contributions x the listed items (:meth:`_Context.evidence_cosines`)."""
-        lo, hi = self.ctx.ev_bounds.get(user, (0, 0))
-        self.users.append(user)
-        self.tops.append(top)
-        self.scores.append(row[top])
-        self.evidence.add(cosines, self.ctx.ev_coef[lo:hi], lo, self.ctx.social_entries(user, top))
+    def add(self, lists: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        """Users' lists, each (user, the scores ``row`` of the catalogue, the list ``top``:
+        catalogue positions in rank order), with their evidence."""
+        import numpy as np
+
+        users = [user for user, _, _ in lists]
+        tops = [top for _, _, top in lists]
+        self.users += users
+        self.tops += tops
+        self.scores += [row[top] for _, row, top in lists]
+        pull, offsets = self.ctx.evidence_pull(users, tops)
+        self.evidence.add_lists(
+            pull, offsets, np.array([len(top) for top in tops], dtype=np.int64),
+            [self.ctx.social_entries(user, top) for user, top in zip(users, tops, strict=True)],
+        )
 
     @staticmethod
     def schema() -> pa.Schema:
@@ -893,28 +968,47 @@ def _score_block(
     import numpy as np
 
     weights = ranker.weight_vector()
-    ranked: list[tuple[str, np.ndarray, np.ndarray]] = []
+    lists: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
+    scored = []  # users with a taste of their own, scored by the ranker
     for i, user in enumerate(users):
         if ctx.follows_only(user):
             row = ctx.follow_only_row(
                 user, ranker.trending_half_life_hours, ranker.social_boost()
             )
             top = _top(row, n)
-            ranked.append((user, row, top[np.isfinite(row[top])]))
-            continue
-        if not ctx.has_taste(user):
-            continue
-        feats = ctx.features(user, cosines[i], interests[i])
-        row = weights @ feats
-        ctx.mask(user, row, cosines[i])
-        top = _top(row, n)
-        top = top[np.isfinite(row[top])]
-        ranked.append((user, row, ctx.with_new_item(top, row, feats, min(new_item_rank, n))))
+            lists[i] = (user, row, top[np.isfinite(row[top])])
+        elif ctx.has_taste(user):
+            scored.append(i)
+    rank = min(new_item_rank, n)
+    for lo in range(0, len(scored), _SCORE_BLOCK):
+        idx = scored[lo : lo + _SCORE_BLOCK]
+        names = [users[i] for i in idx]
+        rows = np.matmul(weights, ctx.block_features(names, cosines[idx], interests[idx]))
+        ctx.mask_block(names, rows, cosines[idx])
+        for i, user, row, top in zip(idx, names, rows, _tops(rows, n), strict=True):
+            top = top[np.isfinite(row[top])]
+            lists[i] = (user, row, ctx.with_new_item(top, row, interests[i], rank))
+    ranked = [lists[i] for i in sorted(lists)]
     for lo in range(0, len(ranked), _EVIDENCE_BLOCK):
-        chunk = ranked[lo : lo + _EVIDENCE_BLOCK]
-        sims = ctx.evidence_cosines([u for u, _, _ in chunk], [t for _, _, t in chunk])
-        for (user, row, top), cos in zip(chunk, sims, strict=True):
-            out.add(user, row, top, cos)
+        out.add(ranked[lo : lo + _EVIDENCE_BLOCK])
+
+
+def _tops(rows: np.ndarray, n: int) -> list[np.ndarray]:
+    """:func:`_top` of every row of a block: one partial sort of the block, then each row's
+    n best ordered by (-score, position); a row with ties across its n-th score (or fewer
+    than n finite scores) is done by :func:`_top`, so every list is exactly its ``_top``."""
+    import numpy as np
+
+    m = rows.shape[1]
+    if n >= m or not len(rows):
+        return [_top(row, n) for row in rows]
+    best = np.argpartition(rows, m - n, axis=1)[:, m - n :]
+    values = np.take_along_axis(rows, best, axis=1)
+    nth = values.min(axis=1)
+    # The n best are exactly the scores >= the n-th unless another score ties with it.
+    exact = ((rows >= nth[:, None]).sum(axis=1) == n) & np.isfinite(nth)
+    ordered = np.take_along_axis(best, np.lexsort((best, -values), axis=-1), axis=1)
+    return [ordered[k] if exact[k] else _top(rows[k], n) for k in range(len(rows))]
 
 
 def _top(row: np.ndarray, n: int) -> np.ndarray:
@@ -1005,14 +1099,18 @@ def _cooccurrence(
     )
     u_index = {u: n for n, u in enumerate(user_ids)}
     scored = [u for u in users if u in u_index]
+    # Counts are whole numbers, so a dense product sums them exactly as the sparse one: dense
+    # while the catalogue's square fits in _POWERED_CELLS (it skips a sparse result as dense
+    # as the catalogue), sparse beyond.
+    right = counts.toarray() if counts.shape[0] ** 2 <= _POWERED_CELLS else counts
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(scored), _USER_BLOCK):
         block = scored[start : start + _USER_BLOCK]
-        values = np.asarray((x[[u_index[u] for u in block]] @ counts).todense(), dtype=np.float64)
-        for user, row in zip(block, values, strict=True):
-            top = row.max()
-            if top > 0:
-                out[user] = row / top
+        values = x[[u_index[u] for u in block]] @ right
+        values = np.asarray(values.toarray() if sp.issparse(values) else values, np.float64)
+        top = values.max(axis=1)
+        for k in np.flatnonzero(top > 0).tolist():
+            out[block[k]] = values[k] / top[k]
     return out
 
 
@@ -1023,6 +1121,23 @@ def _popularity_prior(popularity: np.ndarray) -> np.ndarray:
     prior = np.log1p(popularity)
     top = prior.max() if len(prior) else 0.0
     return prior / top if top > 0 else prior
+
+
+def _positions(spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The rows of ``[lo, hi)`` spans, span after span."""
+    import numpy as np
+
+    return np.concatenate([np.arange(lo, hi) for lo, hi in spans] + [np.zeros(0, np.int64)])
+
+
+def _ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For groups of ``counts`` members laid end to end: each member's group and its
+    position within the group."""
+    import numpy as np
+
+    group = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return group, np.arange(int(counts.sum())) - starts[group]
 
 
 def _group_bounds(sorted_keys: np.ndarray, keys: np.ndarray) -> dict[str, tuple[int, int]]:

@@ -295,7 +295,7 @@ def test_events_in_equal_landed_minus_duplicates_minus_quarantined(pipeline):
     for hour in pipeline["hours"]:
         folder = partition_dir(pipeline["landing"], "events", hour)
         # every line that can be read, the gzip cut off in transit included
-        landed = sum(len(read_part_file(pipeline["landing"], p).lines)
+        landed = sum(len(read_part_file(pipeline["landing"], p).texts)
                      for p in folder.glob("*.jsonl*"))
         (events_in,) = con.execute(
             "select count(*) from stg_landing__events where interval_start = ?", [hour]

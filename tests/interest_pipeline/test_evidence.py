@@ -88,3 +88,23 @@ def test_column_equals_entries_encoded_one_by_one(seed):
 def test_no_lists_give_an_empty_column():
     with duckdb.connect() as con:
         assert EvidenceWriter(_contributions()).column(con).to_pylist() == []
+
+
+def test_lists_added_together_equal_lists_added_one_by_one():
+    """Several lists at once (their pulls padded with -inf to a common shape) give the rows
+    adding each list alone gives, in the same order."""
+    rng = np.random.default_rng(7)
+    lists = [(0, 4, 5), (1, 2, 3), (0, 0, 2), (3, 1, 1), (2, 2, 0)]  # offset, contributions, items
+    alone = EvidenceWriter(_contributions())
+    pull = np.full((len(lists), 4, 5), -np.inf)
+    for k, (offset, count, items) in enumerate(lists):
+        cosines = rng.uniform(-0.5, 1.0, (count, items))
+        coef = rng.uniform(0.5, 2.0, count)
+        alone.add(cosines, coef, offset)
+        pull[k, :count, :items] = cosines * coef[:, None]
+    together = EvidenceWriter(_contributions())
+    together.add_lists(pull, np.array([o for o, _, _ in lists]),
+                       np.array([n for _, _, n in lists]), [None] * len(lists))
+    with duckdb.connect() as con:
+        assert together.column(con).to_pylist() == alone.column(con).to_pylist()
+        assert together.row_count == alone.row_count == 11

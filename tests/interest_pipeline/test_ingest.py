@@ -3,7 +3,10 @@ from __future__ import annotations
 import gzip
 from datetime import datetime
 
-from interest_pipeline.ingest import ingest_interval, partition_dir
+import pytest
+
+from interest_pipeline import ingest
+from interest_pipeline.ingest import ingest_interval, partition_dir, read_part_file
 
 START = datetime(2024, 3, 1, 10)
 END = datetime(2024, 3, 1, 11)
@@ -146,3 +149,25 @@ def test_overlong_line_is_cut_to_the_limit_and_flagged(con, tmp_path, monkeypatc
         f"line too long: {len(long_line)} bytes (limit 100); kept its first 100"
     )
     assert (short, ok) == ('{"x": 1}', None)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a": 1}\n{"b": "caf\xc3\xa9 \xe2\x9c\x93"}\n',  # clean, trailing newline
+    b'{"a": 1}\n\n{"b": 2}',  # an empty line, no trailing newline
+    b"",
+    b"\n\n",
+    b'{"a": 1}\r\n{"b": 2}\n',  # carriage returns: the line-by-line reader strips them
+    b'{"a": "\xff"}\n{"b": 2}\n',  # invalid UTF-8
+    b"x" * 40 + b"\n" + b"y" * 10 + b"\n",  # a line over the limit
+    b"y" * 10 + b"\n" + b"x" * 40,  # the last line over the limit
+])
+def test_the_whole_file_reader_reads_what_the_line_reader_reads(tmp_path, monkeypatch, data):
+    """The fast path for clean files gives exactly the lines, numbers and problems of the
+    line-by-line reader, and leaves every other file to it."""
+    path = tmp_path / "part.jsonl"
+    path.write_bytes(data)
+    fast = read_part_file(tmp_path, path, limit=32)
+    monkeypatch.setattr(ingest, "_read_clean", lambda *args: False)
+    slow = read_part_file(tmp_path, path, limit=32)
+    assert (fast.numbers, fast.texts, fast.problems, fast.problem) == (
+        slow.numbers, slow.texts, slow.problems, slow.problem)

@@ -4,11 +4,14 @@ import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 
 from interest_pipeline.embeddings import embed_new_texts
 from interest_pipeline.recommendations import (
     ScoringConfig,
+    _top,
+    _tops,
     scoring_config,
     write_recommendations,
 )
@@ -231,3 +234,17 @@ def test_latest_events_read_recent_hours_first_and_match_the_whole_history(con):
     assert {row[1] for row in fast} == {"busy", "quiet", "skewed", "spread"}
     assert "s1" in {row[0] for row in fast}
     assert {row[0] for row in fast if row[1] == "spread"} == {"w0", "w1", "w2", "w3", "w4"}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_blocks_lists_are_each_rows_own_list(seed):
+    """Ranking a block of users at once gives every user exactly the list ranking them one by
+    one gives, ties (broken by catalogue order) and disqualified items included."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 4, (60, 30)).astype(np.float64)  # ties everywhere
+    rows[rng.random(rows.shape) < 0.4] = -np.inf
+    rows[:10] = rng.random((10, 30))  # no ties
+    rows[10] = -np.inf  # nothing left to show
+    for n in (1, 5, 29, 30, 40):
+        for row, top in zip(rows, _tops(rows, n), strict=True):
+            assert top.tolist() == _top(row, n).tolist()
