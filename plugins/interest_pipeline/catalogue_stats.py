@@ -478,6 +478,7 @@ def _from_state(
             inner join _stats_items as a on c.item_i = a.item_id
             inner join _stats_items as b on c.item_j = b.item_id
             where $wanted
+            order by i, j
             """,
             {"wanted": cooccurrence},
         )
@@ -490,10 +491,13 @@ def _from_state(
             [[float(h) for h in half_lives]],
         ).fetchall()
     sums = {(float(hl), int(j)): int.from_bytes(blob, "little") for hl, j, blob in rows}
+    # One row per pair, in (i, j) order: the CSR arrays directly, nothing to sort or sum.
+    rows_i = cooc.column("i").to_numpy()
     matrix = sp.csr_matrix(
         (
             cooc.column("users").to_numpy().astype(np.float64),
-            (cooc.column("i").to_numpy(), cooc.column("j").to_numpy()),
+            cooc.column("j").to_numpy(),
+            np.concatenate([[0], np.cumsum(np.bincount(rows_i, minlength=len(item_ids)))]),
         ),
         shape=(len(item_ids), len(item_ids)),
     )

@@ -632,20 +632,24 @@ def fit_weights(
 
 
 class _Stacked:
-    """Every user's candidates in one array, for NDCG@k of many weight vectors at once."""
+    """Every user's candidates in one padded matrix (users x most candidates), for NDCG@k of
+    many weight vectors at once."""
 
     def __init__(self, xs: list[np.ndarray], ys: list[np.ndarray], k: int = 10) -> None:
         import numpy as np
 
         self.k = k
         self.x = np.vstack(xs)
-        self.y = np.concatenate(ys)
+        y = np.concatenate(ys)
         sizes = np.array([len(v) for v in ys])
-        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        self.seg = np.repeat(np.arange(len(ys)), sizes)
-        self.pos = np.arange(len(self.y)) - self.starts[self.seg]  # candidate order
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        # Row u holds user u's candidates in their order, then padding (-1).
+        width = int(sizes.max(initial=0))
+        self.valid = np.arange(width)[None, :] < sizes[:, None]
+        self.index = np.where(self.valid, starts[:, None] + np.arange(width)[None, :], -1)
+        self.y = np.where(self.valid, y[self.index], 0.0)
         discounts = 1.0 / np.log2(np.arange(2, k + 2))
-        n_rel = np.minimum(np.add.reduceat(self.y, self.starts).astype(int), k)
+        n_rel = np.minimum(np.add.reduceat(y, starts).astype(int), k)
         self.ideal = np.cumsum(discounts)[n_rel - 1]
         self.discounts = discounts
         self.n_users = len(ys)
@@ -657,14 +661,14 @@ class _Stacked:
         """Each user's NDCG@k under the weights ``w``."""
         import numpy as np
 
-        # Sorted by user, then score descending, then candidate order: ties as a stable sort.
-        order = np.lexsort((self.pos, -(self.x @ w), self.seg))
-        rank = np.arange(len(order)) - self.starts[self.seg[order]]
-        top = rank < self.k
+        scores = np.full(self.index.shape, -np.inf)
+        scores[self.valid] = (self.x @ w)[self.index[self.valid]]
+        # Score descending, ties in candidate order (a stable sort); padding sorts last.
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        relevant = np.take_along_axis(self.y, order, axis=1)
         gains = np.zeros(self.n_users)
-        np.add.at(
-            gains, self.seg[order][top], self.y[order][top] * self.discounts[rank[top]]
-        )
+        for rank in range(order.shape[1]):  # rank by rank: the sums of a user-by-user loop
+            gains += relevant[:, rank] * self.discounts[rank]
         return gains / self.ideal
 
 

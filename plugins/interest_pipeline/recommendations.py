@@ -1099,10 +1099,12 @@ def _cooccurrence(
     )
     u_index = {u: n for n, u in enumerate(user_ids)}
     scored = [u for u in users if u in u_index]
-    # Counts are whole numbers, so a dense product sums them exactly as the sparse one: dense
-    # while the catalogue's square fits in _POWERED_CELLS (it skips a sparse result as dense
-    # as the catalogue), sparse beyond.
-    right = counts.toarray() if counts.shape[0] ** 2 <= _POWERED_CELLS else counts
+    # Counts are whole numbers, so a dense product sums them exactly as the sparse one. Dense
+    # pays for itself when the users outnumber the items (a busy hour: it skips a sparse
+    # result about as dense as the catalogue) and the catalogue's square fits _POWERED_CELLS.
+    n_items = counts.shape[0]
+    dense = len(scored) >= n_items and n_items**2 <= _POWERED_CELLS
+    right = counts.toarray() if dense else counts
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(scored), _USER_BLOCK):
         block = scored[start : start + _USER_BLOCK]

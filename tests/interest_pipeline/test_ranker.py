@@ -51,6 +51,28 @@ def test_the_fit_is_deterministic():
     assert np.array_equal(ranker.fit_listwise(xs, ys), ranker.fit_listwise(xs, ys))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_ndcg_of_all_users_at_once_equals_each_users_own(seed):
+    """The stacked NDCG@10 of every user equals ranking each user's candidates alone (a
+    stable sort: ties in candidate order), users with fewer than 10 candidates included."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for _ in range(40):
+        n = int(rng.integers(1, 30))
+        xs.append(rng.integers(0, 3, (n, 3)) * 0.5)  # many ties
+        y = (rng.random(n) < 0.2).astype(float)
+        y[int(rng.integers(n))] = 1.0
+        ys.append(y)
+    w = rng.normal(size=3)
+    discounts = 1.0 / np.log2(np.arange(2, 12))
+    expected = []
+    for x, y in zip(xs, ys, strict=True):
+        order = np.argsort(-(x @ w), kind="stable")[:10]
+        ideal = discounts[: min(int(y.sum()), 10)].sum()
+        expected.append(float((y[order] * discounts[: len(order)]).sum() / ideal))
+    assert ranker._Stacked(xs, ys).per_user(w) == pytest.approx(expected, abs=1e-12)
+
+
 def test_ndcg_on_candidates_of_a_perfect_and_a_reversed_order():
     x = np.array([[3.0], [2.0], [1.0]])
     y = np.array([1.0, 0.0, 0.0])
