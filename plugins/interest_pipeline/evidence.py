@@ -107,7 +107,7 @@ class EvidenceWriter:
         self._positions.append((order + offsets[:, None, None])[keep])
         self._values.append(strongest[keep])
 
-    def column(self, con: duckdb.DuckDBPyConnection) -> pa.Array:
+    def column(self, con: duckdb.DuckDBPyConnection) -> pa.ChunkedArray:
         """Every added row's evidence, a JSON list as a string, in the order rows were added
         (written by DuckDB's ``to_json``, which renders these fields and rounded numbers
         exactly as msgspec does)."""
@@ -144,7 +144,7 @@ class EvidenceWriter:
                 end as evidence
                 from _evidence_rows
                 """,
-            ).column("evidence").combine_chunks()
+            ).column("evidence")
         finally:
             con.unregister("_evidence_rows")
 

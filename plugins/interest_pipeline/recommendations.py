@@ -312,7 +312,7 @@ def _evidence_contributions(
         return query_arrow(
             con,
             f"""
-            select contributions.* exclude (embedding), items.title
+            select contributions.*, items.title
             from ({inner}) as contributions
             left join items
                 on contributions.text_kind = 'item' and contributions.item_id = items.item_id
@@ -763,25 +763,32 @@ class _Context:
         if consumed is not None:
             row[consumed] = -np.inf
 
-    def with_new_item(
-        self, top: np.ndarray, row: np.ndarray, interests: np.ndarray, rank: int
-    ) -> np.ndarray:
-        """The list with the user's best new item (nobody engaged with it yet; best by the
-        several-interests term, ``interests``: the user's row) at ``rank`` unless one is
-        ranked above it already: only a new item's text can carry it, and without a slot the
-        popularity and co-occurrence terms always crowd it out."""
+    def best_new_items(self, rows: np.ndarray, interests: np.ndarray) -> np.ndarray:
+        """Per user of a block (``rows``: their scores, disqualified items -inf;
+        ``interests``: their several-interests rows), their best new item (nobody engaged with
+        it yet) by the several-interests term, or -1 when no new item qualifies for them."""
         import numpy as np
 
-        if rank <= 0 or len(top) < rank - 1 or not len(self.new_items):
+        if not len(self.new_items):
+            return np.full(len(rows), -1)
+        new = self.new_items
+        cold = np.where(np.isfinite(rows[:, new]), interests[:, new], -np.inf)
+        best = np.argmax(cold, axis=1)  # the first of equals: catalogue order
+        value = cold[np.arange(len(rows)), best]
+        return np.where(np.isfinite(value) & (value > 0), new[best], -1)
+
+    def with_new_item(self, top: np.ndarray, new: int, rank: int) -> np.ndarray:
+        """The list with the user's best new item ``new`` (:meth:`best_new_items`; -1: none)
+        at ``rank`` unless a new item is ranked above it already: only a new item's text can
+        carry it, and without a slot the popularity and co-occurrence terms always crowd it
+        out."""
+        import numpy as np
+
+        if rank <= 0 or len(top) < rank - 1 or new < 0:
             return top
         if (~self.engaged[top[:rank]]).any():
             return top
-        cold = np.where(np.isfinite(row[self.new_items]), interests[self.new_items], -np.inf)
-        best = int(np.argmax(cold))
-        if not np.isfinite(cold[best]) or cold[best] <= 0:
-            return top
-        item = self.new_items[best]
-        return np.concatenate([top[: rank - 1], [item], top[rank - 1 :]])[: max(len(top), rank)]
+        return np.concatenate([top[: rank - 1], [new], top[rank - 1 :]])[: max(len(top), rank)]
 
     def evidence_pull(
         self, users: Sequence[str], tops: Sequence[np.ndarray]
@@ -894,7 +901,9 @@ class _Lists:
         ]
         schema = self.schema()
         return pa.Table.from_arrays(
-            [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+            [c if isinstance(c, pa.ChunkedArray) else pa.array(c, f.type)
+             for c, f in zip(columns, schema, strict=True)],
+            schema=schema,
         )
 
 
@@ -985,9 +994,10 @@ def _score_block(
         names = [users[i] for i in idx]
         rows = np.matmul(weights, ctx.block_features(names, cosines[idx], interests[idx]))
         ctx.mask_block(names, rows, cosines[idx])
-        for i, user, row, top in zip(idx, names, rows, _tops(rows, n), strict=True):
+        best_new = ctx.best_new_items(rows, interests[idx])
+        for user, row, top, new, i in zip(names, rows, _tops(rows, n), best_new, idx, strict=True):
             top = top[np.isfinite(row[top])]
-            lists[i] = (user, row, ctx.with_new_item(top, row, interests[i], rank))
+            lists[i] = (user, row, ctx.with_new_item(top, new, rank))
     ranked = [lists[i] for i in sorted(lists)]
     for lo in range(0, len(ranked), _EVIDENCE_BLOCK):
         out.add(ranked[lo : lo + _EVIDENCE_BLOCK])

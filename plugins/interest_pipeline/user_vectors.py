@@ -34,7 +34,8 @@ _MIN_NORM = 1e-9
 
 # One row per (event, text) contribution of the events ``{interactions}`` selects (columns of
 # user_item_interactions): an item event contributes its item's document, a search/tag event its
-# query text; a tag contributes both.
+# query text; a tag contributes both. Unordered and without the embeddings: each caller orders
+# the rows it reads, and reads each distinct text's embedding once.
 CONTRIBUTIONS_SQL = """
 with interactions as (
     {interactions}
@@ -66,14 +67,11 @@ contributions as (
 )
 select
     contributions.*,
-    text_embeddings.text,
-    text_embeddings.embedding
+    text_embeddings.text
 from contributions
 inner join text_embeddings
     on contributions.text_hash = text_embeddings.text_hash
     and text_embeddings.model_id = $model_id
-order by contributions.user_id, contributions.event_at, contributions.event_id,
-    contributions.text_kind
 """
 
 
