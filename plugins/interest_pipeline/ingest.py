@@ -184,6 +184,7 @@ def ingest_interval(
     Returns the number of lines landed per kind and of damaged files. A missing partition is
     an empty hour; a damaged file never fails the interval.
     """
+    import numpy as np
     import pyarrow as pa
 
     from interest_pipeline.erasure import erased_positions
@@ -196,12 +197,10 @@ def ingest_interval(
             files = read_partition(landing_dir, partition_dir(landing_dir, kind, interval_start))
             batch = _lines_table(files)
             erased = erased_positions(con, batch.column("line")) if kind == "events" else set()
-            if erased:
-                keep = [i for i in range(batch.num_rows) if i not in erased]
-                erased_files = batch.column("source_file").take(sorted(erased)).to_pylist()
-                batch = batch.take(keep)
-            else:
-                erased_files = []
+            dropped = np.zeros(batch.num_rows, dtype=bool)
+            dropped[list(erased)] = True
+            erased_files = batch.column("source_file").filter(dropped).to_pylist()
+            batch = batch.filter(~dropped)
             n = batch.num_rows
             batch = pa.table({
                 "interval_start": pa.array([interval_start] * n, pa.timestamp("us")),
