@@ -9,8 +9,15 @@ seconds per hour after a year. So the warehouse keeps them, as of a watermark in
 - ``item_popularity`` (half_life_hours, item_id, forward_sum): per item the forward-decayed sum
   ``S_j = sum over its users of 2 ** ((L_uj - epoch) / half_life)`` (``L_uj``: the user's latest
   positive event on j, see below), as an exact integer in units of 2 ** -50;
-- ``catalogue_stats_state``: W, the epoch, the half-lives kept and the number of interaction
-  rows up to W (a cheap check that nothing below W changed since).
+- ``catalogue_stats_state``: W, the epoch, the half-lives kept, the number of interaction
+  rows up to W (a cheap check that nothing below W changed since) and a generation: a new
+  random id each time the state is written.
+
+A process keeps the state it last read or wrote in memory (:class:`_Kept`), in the positions
+of the item list asked for, under that generation: while the warehouse holds the same
+generation nobody changed the state, so the next hour reads nothing back and applies its own
+delta in memory (an evaluation scores hundreds of hours in one process; reading the
+co-occurrence pairs back each hour was a quarter of its time).
 
 Popularity at time T is then ``P_j = S_j * 2 ** (-(T - epoch) / half_life)``: exponential decay
 factors out of the sum, so a new hour only adds terms. Each term is the integer
@@ -35,7 +42,7 @@ written by hand) is rebuilt from a scan at the interval asked for.
 from __future__ import annotations
 
 import logging
-import math
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -67,8 +74,11 @@ create table if not exists catalogue_stats_state (
     watermark timestamp not null,
     epoch timestamp not null,
     half_lives double[] not null,
-    interaction_rows bigint not null
+    interaction_rows bigint not null,
+    generation varchar
 );
+-- A state written before generations existed has none: it is never served from memory.
+alter table catalogue_stats_state add column if not exists generation varchar;
 create table if not exists item_cooccurrence (
     item_i varchar not null,
     item_j varchar not null,
@@ -154,15 +164,128 @@ def catalogue_stats(
     wanted = sorted(set(half_lives) | set(_kept_half_lives()))
     con.execute(STATE_DDL)
     state = _valid_state(con, wanted)
-    if state is not None and interval_start < state:
-        log.info("statistics for %s from a scan (state at %s)", interval_start, state)
+    if state is not None and interval_start < state.watermark:
+        log.info("statistics for %s from a scan (state at %s)", interval_start, state.watermark)
         return _from_scan(con, item_ids, interval_start, half_lives, cooccurrence)
     if state is None:
         log.info("statistics state rebuilt from a scan at %s", interval_start)
-        _rebuild(con, interval_start, wanted)
-    elif interval_start > state:
-        _advance(con, state, interval_start, wanted)
-    return _from_state(con, item_ids, interval_start, half_lives, cooccurrence)
+        generation = _rebuild(con, interval_start, wanted)
+    elif interval_start > state.watermark:
+        generation = _advance(con, state, interval_start, wanted)
+    else:
+        generation = state.generation
+    return _from_state(
+        con, item_ids, interval_start, half_lives, cooccurrence, generation, wanted
+    )
+
+
+@dataclass(frozen=True)
+class _State:
+    watermark: datetime
+    generation: str | None
+
+
+class _Kept:
+    """The state of one generation in this process, per item list asked for (module
+    docstring): each view is what :func:`_from_state` would read back, the co-occurrence
+    matrix over the list's positions and the forward sums of every kept half-life."""
+
+    _MAX_VIEWS = 2  # the recommend stage's catalogue and the trending order's (usually one)
+
+    def __init__(self) -> None:
+        self.generation: str | None = None
+        self.views: dict[tuple[str, ...], _View] = {}
+
+    def view(self, generation: str | None, item_ids: Sequence[str]) -> _View | None:
+        if generation is None or generation != self.generation:
+            return None
+        return self.views.get(tuple(item_ids))
+
+    def keep(self, generation: str | None, item_ids: Sequence[str], view: _View) -> None:
+        if generation != self.generation:
+            self.generation, self.views = generation, {}
+        if generation is None:
+            return
+        self.views[tuple(item_ids)] = view
+        while len(self.views) > self._MAX_VIEWS:
+            del self.views[next(iter(self.views))]
+
+    def advance(
+        self,
+        old: str | None,
+        new: str,
+        cooc_delta: pa.Table,
+        sums: dict[tuple[float, str], int],
+    ) -> None:
+        """Move the views of generation ``old`` to ``new`` by an advance's delta: co-occurrence
+        counts to add (item names) and the new forward sums of the (half-life, item) changed."""
+        if old is None or old != self.generation:
+            self.generation, self.views = None, {}
+            return
+        for view in self.views.values():
+            view.add(cooc_delta, sums)
+        self.generation = new
+
+
+@dataclass
+class _View:
+    items: pa.Array  # the item list, positions j
+    cooccurrence: sp.csr_matrix
+    mantissas: dict[float, _Mantissas]  # every kept half-life
+
+    def add(self, cooc_delta: pa.Table, sums: dict[tuple[float, str], int]) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import scipy.sparse as sp
+
+        i = pc.index_in(cooc_delta.column("item_i"), value_set=self.items)
+        j = pc.index_in(cooc_delta.column("item_j"), value_set=self.items)
+        listed = pc.and_(pc.is_valid(i), pc.is_valid(j))
+        n = len(self.items)
+        delta = sp.csr_matrix(
+            (
+                pc.filter(cooc_delta.column("users"), listed).to_numpy().astype(np.float64),
+                (pc.filter(i, listed).to_numpy(), pc.filter(j, listed).to_numpy()),
+            ),
+            shape=(n, n),
+        )
+        # Whole counts: the sum is the matrix read back, with its canonical (sorted) layout.
+        self.cooccurrence = (self.cooccurrence + delta).tocsr()
+        names = list(dict.fromkeys(item for _, item in sums))
+        where = pc.index_in(pa.array(names, pa.string()), value_set=self.items).to_pylist()
+        position = dict(zip(names, where, strict=True))
+        for (hl, item), total in sums.items():
+            if position[item] is not None and hl in self.mantissas:
+                self.mantissas[hl].set(position[item], total)
+
+
+@dataclass
+class _Mantissas:
+    """Forward sums over the item positions of one half-life, as what :func:`_assemble`
+    needs of each: its top 64 bits as a float and the shift that drops the rest (0 and 0:
+    no sum)."""
+
+    top: np.ndarray  # float64
+    shift: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, sums: dict[tuple[float, int], int], half_life: float, n_items: int) -> _Mantissas:
+        import numpy as np
+
+        out = cls(np.zeros(n_items, dtype=np.float64), np.zeros(n_items, dtype=np.int64))
+        for (hl, j), total in sums.items():
+            if hl == half_life:
+                out.set(j, total)
+        return out
+
+    def set(self, j: int, total: int) -> None:
+        shift = max(total.bit_length() - 64, 0) if total > 0 else 0
+        self.top[j] = float(total >> shift) if total > 0 else 0.0
+        self.shift[j] = shift
+
+
+_KEPT = _Kept()
 
 
 def _kept_half_lives() -> tuple[float, ...]:
@@ -173,21 +296,23 @@ def _kept_half_lives() -> tuple[float, ...]:
     return (*TRENDING_HALF_LIVES, scoring_config().popularity_half_life_hours)
 
 
-def _valid_state(con: duckdb.DuckDBPyConnection, half_lives: list[float]) -> datetime | None:
-    """The state's watermark, or None when there is none or it no longer describes the
-    interactions (other half-lives or epoch, or rows up to the watermark changed)."""
+def _valid_state(con: duckdb.DuckDBPyConnection, half_lives: list[float]) -> _State | None:
+    """The state's watermark and generation, or None when there is none or it no longer
+    describes the interactions (other half-lives or epoch, or rows up to the watermark
+    changed)."""
     row = con.execute(
-        "select watermark, epoch, half_lives, interaction_rows from catalogue_stats_state"
+        "select watermark, epoch, half_lives, interaction_rows, generation "
+        "from catalogue_stats_state"
     ).fetchall()
     if len(row) != 1:
         return None
-    watermark, epoch, kept, rows = row[0]
+    watermark, epoch, kept, rows, generation = row[0]
     if epoch != popularity_epoch() or not set(half_lives) <= set(kept):
         return None
     ((now,),) = con.execute(
         "select count(*) from user_item_interactions where interval_start <= ?", [watermark]
     ).fetchall()
-    return watermark if now == rows else None
+    return _State(watermark, generation) if now == rows else None
 
 
 def invalidate_from(con: duckdb.DuckDBPyConnection, interval_start: datetime) -> None:
@@ -199,8 +324,8 @@ def invalidate_from(con: duckdb.DuckDBPyConnection, interval_start: datetime) ->
 
 def _rebuild(
     con: duckdb.DuckDBPyConnection, interval_start: datetime, half_lives: list[float]
-) -> None:
-    """The state at ``interval_start`` from a scan of every pair."""
+) -> str:
+    """The state at ``interval_start`` from a scan of every pair; returns its generation."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -224,19 +349,21 @@ def _rebuild(
         con.unregister("_cooc")
         con.execute("delete from item_popularity")
         _write_sums(con, sums)
-        _write_state(con, interval_start, half_lives)
+        return _write_state(con, interval_start, half_lives)
 
 
 def _advance(
     con: duckdb.DuckDBPyConnection,
-    watermark: datetime,
+    state: _State,
     interval_start: datetime,
     half_lives: list[float],
-) -> None:
-    """Move the state from ``watermark`` to ``interval_start``: add the pairs of the intervals
-    in between (new pairs to co-occurrence; new and re-engaged pairs to popularity)."""
+) -> str:
+    """Move the state from its watermark to ``interval_start``: add the pairs of the intervals
+    in between (new pairs to co-occurrence; new and re-engaged pairs to popularity), in the
+    warehouse and in this process's copy (:data:`_KEPT`). Returns the new generation."""
     import pyarrow as pa
 
+    watermark = state.watermark
     params = {"w": watermark, "start": interval_start}
     with atomic(con):
         con.execute(
@@ -245,7 +372,8 @@ def _advance(
             params,
         )
         _old_pairs(con, watermark)
-        con.register("_stats_cooc_delta", _cooccurrence_delta(con))
+        cooc_delta = _cooccurrence_delta(con)
+        con.register("_stats_cooc_delta", cooc_delta)
         con.execute(
             """
             update item_cooccurrence
@@ -302,7 +430,10 @@ def _advance(
         con.unregister("_stats_cooc_delta")
         for temp in ("_stats_new_pairs", "_stats_old_pairs"):
             con.execute(f"drop table if exists {temp}")
-        _write_state(con, interval_start, half_lives)
+        generation = _write_state(con, interval_start, half_lives)
+    # delta now holds each changed (half-life, item)'s new sum (0: no user left).
+    _KEPT.advance(state.generation, generation, cooc_delta, delta)
+    return generation
 
 
 def _cooccurrence_delta(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -433,15 +564,19 @@ def _write_sums(con: duckdb.DuckDBPyConnection, sums: dict[tuple[float, str], in
 
 def _write_state(
     con: duckdb.DuckDBPyConnection, watermark: datetime, half_lives: list[float]
-) -> None:
+) -> str:
+    """Record the state at ``watermark`` under a new generation, which it returns."""
     ((rows,),) = con.execute(
         "select count(*) from user_item_interactions where interval_start <= ?", [watermark]
     ).fetchall()
+    generation = uuid.uuid4().hex
     con.execute("delete from catalogue_stats_state")
     con.execute(
-        "insert into catalogue_stats_state values (?, ?, ?, ?)",
-        [watermark, popularity_epoch(), half_lives, rows],
+        "insert into catalogue_stats_state "
+        "(watermark, epoch, half_lives, interaction_rows, generation) values (?, ?, ?, ?, ?)",
+        [watermark, popularity_epoch(), half_lives, rows, generation],
     )
+    return generation
 
 
 @contextmanager
@@ -465,8 +600,34 @@ def _from_state(
     interval_start: datetime,
     half_lives: Sequence[float],
     cooccurrence: bool = True,
+    generation: str | None = None,
+    kept: Sequence[float] = (),
 ) -> CatalogueStats:
+    """The statistics from the state (of ``generation``, keeping the half-lives ``kept``):
+    from this process's copy when it has one for ``item_ids``, else read back (and kept,
+    when the co-occurrence is read)."""
+    import scipy.sparse as sp
+
+    view = _KEPT.view(generation, item_ids)
+    if view is None:
+        view = _read_view(con, item_ids, cooccurrence, (*half_lives, *kept))
+        if cooccurrence:
+            _KEPT.keep(generation, item_ids, view)
+    n = len(item_ids)
+    matrix = view.cooccurrence if cooccurrence else sp.csr_matrix((n, n))
+    return _assemble(matrix, view.mantissas, n, interval_start, half_lives)
+
+
+def _read_view(
+    con: duckdb.DuckDBPyConnection,
+    item_ids: Sequence[str],
+    cooccurrence: bool,
+    half_lives: Sequence[float],
+) -> _View:
+    """The state over ``item_ids``: co-occurrence (when asked for; else empty) and the
+    forward sums of ``half_lives``."""
     import numpy as np
+    import pyarrow as pa
     import scipy.sparse as sp
 
     with _items_registered(con, item_ids):
@@ -493,15 +654,17 @@ def _from_state(
     sums = {(float(hl), int(j)): int.from_bytes(blob, "little") for hl, j, blob in rows}
     # One row per pair, in (i, j) order: the CSR arrays directly, nothing to sort or sum.
     rows_i = cooc.column("i").to_numpy()
+    n = len(item_ids)
     matrix = sp.csr_matrix(
         (
             cooc.column("users").to_numpy().astype(np.float64),
             cooc.column("j").to_numpy(),
-            np.concatenate([[0], np.cumsum(np.bincount(rows_i, minlength=len(item_ids)))]),
+            np.concatenate([[0], np.cumsum(np.bincount(rows_i, minlength=n))]),
         ),
-        shape=(len(item_ids), len(item_ids)),
+        shape=(n, n),
     )
-    return _assemble(matrix, sums, len(item_ids), interval_start, half_lives)
+    mantissas = {float(hl): _Mantissas.of(sums, float(hl), n) for hl in half_lives}
+    return _View(pa.array(list(item_ids), pa.string()), matrix, mantissas)
 
 
 def _from_scan(
@@ -536,40 +699,37 @@ def _from_scan(
         by_item = _forward_sums(con, f"select *, 1 as sign from ({pairs})", params, half_lives)
     index = {item: j for j, item in enumerate(item_ids)}
     sums = {(hl, index[item]): s for (hl, item), s in by_item.items()}
-    return _assemble(matrix, sums, len(item_ids), interval_start, half_lives)
+    n = len(item_ids)
+    mantissas = {float(hl): _Mantissas.of(sums, float(hl), n) for hl in half_lives}
+    return _assemble(matrix, mantissas, n, interval_start, half_lives)
 
 
 def _assemble(
     matrix: sp.csr_matrix,
-    sums: dict[tuple[float, int], int],
+    mantissas: dict[float, _Mantissas],
     n_items: int,
     interval_start: datetime,
     half_lives: Sequence[float],
 ) -> CatalogueStats:
+    """Popularity at the interval's end from the forward sums: ``S_j * 2 ** -(elapsed /
+    period + 50)``, from each sum's top 64 bits and the same integer split of the exponent as
+    the terms' (a half-life with no sums gives zeros)."""
     import numpy as np
 
     end = interval_start + timedelta(hours=1)
     elapsed_us = (end - popularity_epoch()) // timedelta(microseconds=1)
     popularity = {}
     engaged = np.zeros(n_items, dtype=bool)
-    for hl in half_lives:
-        values = np.zeros(n_items, dtype=np.float64)
-        for j in range(n_items):
-            s = sums.get((float(hl), j), 0)
-            if s > 0:
-                values[j] = _decayed(s, elapsed_us, round(float(hl) * 3.6e9))
-                engaged[j] = True
-        popularity[float(hl)] = values
+    for hl in (float(h) for h in half_lives):
+        found = mantissas.get(hl)
+        if found is None:
+            popularity[hl] = np.zeros(n_items, dtype=np.float64)
+            continue
+        whole, rest = divmod(elapsed_us, round(hl * 3.6e9))
+        scaled = np.ldexp(found.top, found.shift - (whole + _MANTISSA_BITS))
+        popularity[hl] = scaled * 2.0 ** -(rest / round(hl * 3.6e9))
+        engaged |= found.top > 0
     return CatalogueStats(matrix, popularity, engaged)
-
-
-def _decayed(forward_sum: int, elapsed_us: int, period_us: int) -> float:
-    """``forward_sum * 2 ** -(elapsed / period + 50)`` as a float, from the integer's top 64
-    bits (the same integer split of the exponent as the terms')."""
-    shift = max(forward_sum.bit_length() - 64, 0)
-    whole, rest = divmod(elapsed_us, period_us)
-    value = math.ldexp(float(forward_sum >> shift), shift - whole - _MANTISSA_BITS)
-    return value * 2.0 ** -(rest / period_us)
 
 
 def _cooccurrence_counts(users: object, items: object, n_items: int) -> sp.coo_matrix:

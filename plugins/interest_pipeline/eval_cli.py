@@ -231,6 +231,7 @@ def run_pipeline(
     (re)scored, seconds.
     """
     from interest_pipeline import stages
+    from interest_pipeline.warehouse import open_warehouse
 
     began = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -298,14 +299,17 @@ def run_pipeline(
             # they write no version, and the new-visitor list they would write orders items by
             # a decayed sum that an hour without events scales, all items alike.
             busy = set(hours)
-            hour = day_start
             fold = needs_data or refold
-            while hour < day_end:
-                if hour in busy or (hour + _HOUR).hour == 0:
-                    _score_hour(settings, hour, hour + _HOUR, fold)
-                    scored += 1
-                    folded += fold
-                hour += _HOUR
+            scoring = [
+                hour for hour, _ in stages.interval_hours(day_start, day_end)
+                if hour in busy or (hour + _HOUR).hour == 0
+            ]
+            # One connection for the day's hours (closed before the next day's dbt run).
+            with open_warehouse(settings.warehouse_path) as con:
+                for hour in scoring:
+                    _score_hour(settings, con, hour, hour + _HOUR, fold)
+            scored += len(scoring)
+            folded += len(scoring) * fold
             if needs_data:
                 # Every hour up to here is now folded with fold_key: in this run, or before it
                 # when refold is False.
@@ -340,25 +344,25 @@ def _forget_statistics_state(settings: Settings, start: datetime) -> None:
             invalidate_from(con, start)
 
 
-def _score_hour(settings: Settings, start: datetime, end: datetime, fold: bool = True) -> None:
+def _score_hour(
+    settings: Settings, con: Any, start: datetime, end: datetime, fold: bool = True
+) -> None:
     """Fold (unless ``fold`` is False: the vectors are already the fold's) and recommend one
-    hour, in order (what the DAG's fold and recommend tasks do)."""
+    hour on ``con``, in order (what the DAG's fold and recommend tasks do)."""
     from interest_pipeline import stages
 
     if fold:
-        _fold(settings, start, end)
-    stages.train_ranker(start, end, settings)
-    stages.write_recommendations(start, end, settings)
+        _fold(settings, con, start, end)
+    stages.train_ranker(start, end, settings, con=con)
+    stages.write_recommendations(start, end, settings, con=con)
 
 
-def _fold(settings: Settings, start: datetime, end: datetime) -> None:
+def _fold(settings: Settings, con: Any, start: datetime, end: datetime) -> None:
     """The fold stage's core, in order (the stage's replay of later intervals never applies)."""
     from interest_pipeline import embeddings, user_vectors
-    from interest_pipeline.warehouse import open_warehouse
 
     model_id, _ = embeddings.resolve_model(settings.model)
-    with open_warehouse(settings.warehouse_path) as con:
-        user_vectors.update_user_vectors(con, model_id, start, end, settings.half_life_hours)
+    user_vectors.update_user_vectors(con, model_id, start, end, settings.half_life_hours)
 
 
 def _catalogue_lands_only_in_first_hour(settings: Settings, hours: Sequence[datetime]) -> bool:

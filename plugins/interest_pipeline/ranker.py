@@ -60,7 +60,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from interest_pipeline.bootstrap import paired_bootstrap
-from interest_pipeline.warehouse import fetch_one, query_arrow, table_exists, transaction
+from interest_pipeline.warehouse import (
+    database_path,
+    fetch_one,
+    query_arrow,
+    table_exists,
+    transaction,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -479,10 +485,8 @@ def _data_key(
     counts) would be served the old examples; clear ``_CUTOFF_CACHE`` after such a rewrite.
     """
     end = cutoff + timedelta(hours=horizon_hours)
-    ((path,),) = con.execute(
-        "select path from duckdb_databases() where database_name = current_database()"
-    ).fetchall()
-    if not path or path == ":memory:":
+    path = database_path(con)
+    if path is None:
         return None
     params = {"end": end, "cutoff": cutoff, "model_id": model_id}
     counts = con.execute(

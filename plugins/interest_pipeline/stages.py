@@ -22,6 +22,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -421,12 +422,12 @@ def _later_intervals(con: Any, end: datetime) -> list[tuple[datetime, datetime]]
 
 
 def train_ranker(
-    start: datetime, end: datetime, settings: Settings | None = None
+    start: datetime, end: datetime, settings: Settings | None = None, con: Any = None
 ) -> dict[str, Any]:
     """Fit the ranker (the blend of the score's signals) at each hour end it is due (daily at
-    midnight UTC by default), on the history known then; other hours do nothing."""
+    midnight UTC by default), on the history known then; other hours do nothing. ``con``: a
+    write connection to use instead of opening the warehouse (see :func:`_warehouse`)."""
     from interest_pipeline import ranker, recommendations
-    from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
     config = ranker.ranker_settings()
@@ -434,7 +435,7 @@ def train_ranker(
     if not due:
         return {"rankers_fitted": 0}
     started = time.perf_counter()
-    with open_warehouse(s.warehouse_path) as con:
+    with _warehouse(s, con) as con:
         _, model_id = _serving_model(con, s)
         results = [
             ranker.train_ranker(
@@ -451,14 +452,14 @@ def train_ranker(
 
 
 def write_recommendations(
-    start: datetime, end: datetime, settings: Settings | None = None
+    start: datetime, end: datetime, settings: Settings | None = None, con: Any = None
 ) -> dict[str, Any]:
-    """Top-N recommendations with evidence for every user with a new version, hour by hour."""
+    """Top-N recommendations with evidence for every user with a new version, hour by hour
+    (``con``: as for :func:`train_ranker`)."""
     from interest_pipeline import recommendations
-    from interest_pipeline.warehouse import open_warehouse
 
     s = settings or get_settings()
-    with open_warehouse(s.warehouse_path) as con:
+    with _warehouse(s, con) as con:
         _, model_id = _serving_model(con, s)
         return _hour_by_hour(
             "recommend", to_utc_naive(start), to_utc_naive(end),
@@ -466,6 +467,15 @@ def write_recommendations(
                 con, model_id, h_start, h_end, s.top_n, s.half_life_hours, s.evidence_events,
             ),
         )
+
+
+def _warehouse(s: Settings, con: Any = None) -> AbstractContextManager[Any]:
+    """``con`` when given (a caller running many hours in one process keeps one connection:
+    opening and closing the file each hour was a sixth of an evaluation rerun), else a
+    connection of the stage's own, closed at the end so that dbt can take the lock."""
+    from interest_pipeline.warehouse import open_warehouse
+
+    return nullcontext(con) if con is not None else open_warehouse(s.warehouse_path)
 
 
 def evaluate_recommendations(

@@ -231,6 +231,15 @@ def fetch_one(
     return rows[0] if rows else None
 
 
+def database_path(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The file of the connection's current database; None for an in-memory one (which has
+    no identity a process-wide memo could key on)."""
+    ((path,),) = con.execute(
+        "select path from duckdb_databases() where database_name = current_database()"
+    ).fetchall()
+    return None if not path or path == ":memory:" else path
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str, schema: str = "main") -> bool:
     """True if a table or view exists (dbt marts do not before the first dbt build)."""
     row = fetch_one(

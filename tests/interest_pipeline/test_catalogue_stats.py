@@ -133,3 +133,51 @@ def test_a_long_history_hour_by_hour_equals_a_scan(con):
     for h in range(60):
         kept = catalogue_stats(con, ITEMS, H0 + h * HOUR, HALF_LIVES)
         _same(kept, _from_scan(con, ITEMS, H0 + h * HOUR, HALF_LIVES))
+
+
+def test_the_copy_kept_in_memory_follows_the_hours_and_only_its_own_generation(
+    con, monkeypatch
+):
+    """The process's copy of the state serves the next hour only while the warehouse holds
+    the generation it was kept under: a state another process moved on, or an advance rolled
+    back, is read back."""
+    from interest_pipeline import catalogue_stats as module
+
+    _random_history(con, 8)
+    add_event(con, "unlisted", "u1", "view", H0 + 4 * HOUR, H0 + 4 * HOUR, item_id="zz")
+    monkeypatch.setattr(module, "_KEPT", module._Kept())
+    catalogue_stats(con, ITEMS, H0 + 2 * HOUR, HALF_LIVES)
+    ours = module._KEPT
+    # Another process moves the state to hour 5 (its own copy; ours stays at hour 2).
+    monkeypatch.setattr(module, "_KEPT", module._Kept())
+    catalogue_stats(con, ITEMS, H0 + 5 * HOUR, HALF_LIVES)
+    monkeypatch.setattr(module, "_KEPT", ours)
+    _same(catalogue_stats(con, ITEMS, H0 + 6 * HOUR, HALF_LIVES),
+          _from_scan(con, ITEMS, H0 + 6 * HOUR, HALF_LIVES))
+    # An advance inside a transaction that rolls back leaves the warehouse at hour 6.
+    con.execute("begin transaction")
+    catalogue_stats(con, ITEMS, H0 + 7 * HOUR, HALF_LIVES)
+    con.execute("rollback")
+    assert _watermark(con) == H0 + 6 * HOUR
+    _same(catalogue_stats(con, ITEMS, H0 + 6 * HOUR, HALF_LIVES),
+          _from_scan(con, ITEMS, H0 + 6 * HOUR, HALF_LIVES))
+    _same(catalogue_stats(con, ITEMS, H0 + 7 * HOUR, HALF_LIVES),
+          _from_scan(con, ITEMS, H0 + 7 * HOUR, HALF_LIVES))
+
+
+def test_a_state_from_before_generations_is_still_used(con):
+    _random_history(con, 4)
+    catalogue_stats(con, ITEMS, H0 + HOUR, HALF_LIVES)
+    con.execute("alter table catalogue_stats_state drop column generation")
+    _same(catalogue_stats(con, ITEMS, H0 + 3 * HOUR, HALF_LIVES),
+          _from_scan(con, ITEMS, H0 + 3 * HOUR, HALF_LIVES))
+    assert _watermark(con) == H0 + 3 * HOUR
+
+
+def test_a_state_kept_before_anyone_engaged_takes_the_first_engagements(con):
+    add_event(con, "0", "u1", "view", H0, H0, item_id="a", weight=-1.0)
+    catalogue_stats(con, ITEMS, H0, HALF_LIVES)  # kept in memory with no popularity at all
+    add_event(con, "1", "u1", "view", H0 + HOUR, H0 + HOUR, item_id="a")
+    add_event(con, "2", "u1", "view", H0 + HOUR, H0 + HOUR, item_id="b")
+    _same(catalogue_stats(con, ITEMS, H0 + HOUR, HALF_LIVES),
+          _from_scan(con, ITEMS, H0 + HOUR, HALF_LIVES))

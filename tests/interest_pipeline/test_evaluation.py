@@ -102,6 +102,15 @@ def test_events_landing_after_the_cut_off_are_not_known(con):
     assert "z" not in ev.baseline_lists(con, T, ["u9"], k=10)["popularity_all"]["u9"]
 
 
+def test_an_event_landing_late_before_the_cut_off_is_in_the_next_evaluation_of_it(con):
+    """The history at a cut-off is kept in memory for the next cut-offs, while the
+    interactions before it are unchanged."""
+    _history(con)
+    assert "z" not in ev.baseline_lists(con, T, ["u9"], k=10)["popularity_all"]["u9"]
+    _event(con, "late", "u5", "z", -3 * HOUR)
+    assert "z" in ev.baseline_lists(con, T, ["u9"], k=10)["popularity_all"]["u9"]
+
+
 # ---------------------------------------------------------------- evaluate_as_of
 
 
@@ -539,7 +548,9 @@ def test_a_rescore_of_the_scoring_alone_does_not_fold_and_gives_a_full_rescores_
     monkeypatch.setattr(eval_cli._InProcessDbt, "run", lambda *a: None)
     folds = []
     fold = eval_cli._fold
-    monkeypatch.setattr(eval_cli, "_fold", lambda s, a, b: (folds.append(b), fold(s, a, b)))
+    monkeypatch.setattr(
+        eval_cli, "_fold", lambda s, c, a, b: (folds.append(b), fold(s, c, a, b))
+    )
 
     caplog.set_level("INFO", logger="interest_pipeline.catalogue_stats")
     cold = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
