@@ -444,8 +444,8 @@ def _follow_only_ndcg(
         .column("user_id").to_pylist()
     )
     users = sorted(set(relevant) - with_vector)
-    if not users:
-        return None
+    if not users or not _anyone_follows(con, users, cutoff - timedelta(hours=1)):
+        return None  # no one to rank: spare the scoring context (most of a fit's time)
     ctx = scope.context(con, users, cutoff, TRENDING_HALF_LIVES)
     users = _sample(
         [user for user in users if ctx.follows_only(user)], scope.settings.users_per_cutoff
@@ -463,6 +463,19 @@ def _follow_only_ndcg(
                 values.append(ndcg_at_k(ranked, relevant[user], 10))
             out[(half_life, boost)] = np.array(values)
     return out
+
+
+def _anyone_follows(
+    con: duckdb.DuckDBPyConnection, users: list[str], interval_start: datetime
+) -> bool:
+    """True when one of ``users`` follows someone in the graph known at the interval."""
+    from interest_pipeline.social import follows_sql
+
+    rows = con.execute(
+        f"select count(*) from ({follows_sql('user_id in (select unnest($users))')})",
+        {"interval_start": interval_start, "users": users},
+    ).fetchall()
+    return rows[0][0] > 0
 
 
 def _data_key(

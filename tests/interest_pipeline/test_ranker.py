@@ -385,3 +385,26 @@ def test_the_social_boost_is_the_best_one_only_when_it_wins_beyond_noise():
     tie = {(24.0, b): base for b in ranker.SOCIAL_BOOSTS}
     assert ranker._social_boost([tie], 24.0) == (0.0, {"users": 300, "ndcg@10": {
         f"{b:g}": round(float(base.mean()), 4) for b in ranker.SOCIAL_BOOSTS}})
+
+
+def test_a_cut_off_ranks_the_users_who_only_follow_and_skips_them_when_nobody_follows(
+    con, fake_encoder
+):
+    """The social boost is fitted on the users with follows and no taste of their own; a
+    cut-off whose new users follow nobody has none to rank."""
+    from interest_pipeline.evaluation import relevant_items
+    from tests.builders import add_follow
+
+    _shop(con, fake_encoder)
+    cutoff = DAY0 + timedelta(days=5)
+    later = cutoff + timedelta(hours=10)
+    add_event(con, "n1", "newbie", "purchase", later, later.replace(minute=0),
+              item_id="red3", weight=3.0)
+    relevant = relevant_items(con, cutoff, SMALL.horizon_hours)
+    assert "newbie" in relevant
+    scope = ranker._Scope("fake", SMALL, 168.0, 100, ScoringConfig())
+    assert ranker._follow_only_ndcg(con, scope, cutoff, relevant) is None
+    add_follow(con, "fn", "newbie", "u3", DAY0, DAY0)
+    ranked = ranker._follow_only_ndcg(con, scope, cutoff, relevant)
+    assert ranked is not None
+    assert {len(values) for values in ranked.values()} == {1}  # newbie, at every grid point
