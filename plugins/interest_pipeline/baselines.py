@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,10 @@ class Interactions:
         self.user_index = {u: n for n, u in enumerate(users)}
         self.item_index = {i: n for n, i in enumerate(items)}
         self._engaged = np.diff(self.x.indptr) > 0
+        # Computed once per matrix and shared by every fit on it (a grid of peers' points, and
+        # the cut-offs that see the same history): see cooccurrence() and similarity().
+        self._cooccurrence: sp.csc_matrix | None = None
+        self._ranked: dict[float, _RankedSimilarity] = {}
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Interactions:
@@ -95,6 +100,21 @@ class Interactions:
     def with_items(self, keep: np.ndarray) -> Interactions:
         """The same users on the items at the (ascending) indices ``keep``."""
         return Interactions(self.x[:, keep], self.users, self.items[keep])
+
+    def cooccurrence(self) -> sp.csc_matrix:
+        """Off-diagonal X^T X, CSC with each column's rows sorted (the kNN tie-break)."""
+        if self._cooccurrence is None:
+            self._cooccurrence = _cooccurrence_of(self.x)
+        return self._cooccurrence
+
+    def similarity(self, neighbours: int, shrink: float) -> sp.csc_matrix:
+        """:func:`itemknn_similarity` of this matrix, its columns ranked once per ``shrink``."""
+        ranked = self._ranked.get(shrink)
+        if ranked is None:
+            ranked = self._ranked[shrink] = _RankedSimilarity.of(
+                self.x, self.cooccurrence(), shrink
+            )
+        return ranked.top(neighbours)
 
     def known(self, users: Iterable[str]) -> list[str]:
         """The ``users`` with an item in the matrix, sorted: only they can get a list."""
@@ -161,9 +181,7 @@ def cooccurrence_lists(
     users = m.known(users)
     if not users:
         return {}
-    co = (m.x.T @ m.x).tocsr()
-    co.setdiag(0)
-    co.eliminate_zeros()
+    co = m.cooccurrence().tocsr()
     return m.rank(users, consumed, k, lambda rows: (rows @ co).todense(), positive_only=True)
 
 
@@ -210,25 +228,53 @@ def ease_weights(x: sp.spmatrix, l2: float) -> np.ndarray:
 def itemknn_similarity(x: sp.spmatrix, neighbours: int, shrink: float) -> sp.csc_matrix:
     """Shrunk cosine between the item columns of ``x``, each column j keeping its
     ``neighbours`` largest entries (ties by row index); zero diagonal."""
-    import numpy as np
-    import scipy.sparse as sp
+    return _RankedSimilarity.of(x, _cooccurrence_of(x), shrink).top(neighbours)
 
+
+def _cooccurrence_of(x: sp.spmatrix) -> sp.csc_matrix:
+    """Off-diagonal X^T X of the binary matrix ``x``, CSC with each column's rows sorted."""
     co = (x.T @ x).tocsc()
     co.setdiag(0)
     co.eliminate_zeros()
     co.sort_indices()
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    rows = co.indices
-    cols = np.repeat(np.arange(co.shape[1]), np.diff(co.indptr))
-    sim = co.data / (norms[rows] * norms[cols] + shrink)
-    keep = np.ones(len(sim), dtype=bool)
-    for j in np.flatnonzero(np.diff(co.indptr) > neighbours):
-        lo, hi = co.indptr[j], co.indptr[j + 1]
-        column = sim[lo:hi]
-        # Rows are sorted, so a stable sort on -similarity breaks ties by row index.
-        dropped = np.argsort(-column, kind="stable")[neighbours:]
-        keep[lo + dropped] = False
-    return sp.csc_matrix((sim[keep], (rows[keep], cols[keep])), shape=co.shape)
+    return co
+
+
+@dataclass(frozen=True)
+class _RankedSimilarity:
+    """Every shrunk cosine of a co-occurrence matrix (CSC, rows sorted) with its rank in its
+    column: 0 the most similar, ties by row index."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    sim: np.ndarray
+    rank: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, x: sp.spmatrix, co: sp.csc_matrix, shrink: float) -> _RankedSimilarity:
+        import numpy as np
+
+        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+        counts = np.diff(co.indptr)
+        rows = co.indices
+        cols = np.repeat(np.arange(co.shape[1]), counts)
+        sim = co.data / (norms[rows] * norms[cols] + shrink)
+        rank = np.zeros(len(sim), dtype=np.int64)
+        for j in np.flatnonzero(counts > 1):
+            lo, hi = co.indptr[j], co.indptr[j + 1]
+            # Rows are sorted, so a stable sort on -similarity breaks ties by row index.
+            rank[lo + np.argsort(-sim[lo:hi], kind="stable")] = np.arange(hi - lo)
+        return cls(rows, cols, sim, rank, co.shape)
+
+    def top(self, neighbours: int) -> sp.csc_matrix:
+        """Each column's ``neighbours`` best entries."""
+        import scipy.sparse as sp
+
+        keep = self.rank < neighbours
+        return sp.csc_matrix(
+            (self.sim[keep], (self.rows[keep], self.cols[keep])), shape=self.shape
+        )
 
 
 def itemknn_lists(
@@ -244,5 +290,5 @@ def itemknn_lists(
     users = m.known(users)
     if not users:
         return {}
-    sim = itemknn_similarity(m.x, neighbours, shrink).tocsr()
+    sim = m.similarity(neighbours, shrink).tocsr()
     return m.rank(users, consumed, k, lambda rows: (rows @ sim).todense(), positive_only=True)

@@ -79,10 +79,12 @@ log = logging.getLogger(__name__)
 # later; the bound keeps memory at a few lists per user per entry.
 _PEER_CACHE: OrderedDict[tuple, tuple[frozenset[str], dict[str, list[str]]]] = OrderedDict()
 _PEER_CACHE_SIZE = 64
-# (database file, T, digest of the interactions before T) -> the history at T, least recently
-# used first: a cut-off's tuning split T - h is the history of the cut-off four before it.
+# (database file, T, digest of the interactions before T) -> the history at T, oldest first:
+# a cut-off's tuning split T - h is the history of the cut-off four before it (6 h apart, a
+# 24 h horizon), so each is kept for the next few cut-offs (first in, first out: the lookups
+# of the tuning splits must not keep old entries in place of the new ones).
 _HISTORY_CACHE: OrderedDict[tuple, _History] = OrderedDict()
-_HISTORY_CACHE_SIZE = 5
+_HISTORY_CACHE_SIZE = 6
 
 KS = (10, 20)
 MODEL = "model"
@@ -246,7 +248,6 @@ def _history(con: duckdb.DuckDBPyConnection, as_of: datetime) -> _History:
     key = (path, as_of, interactions_digest(con, as_of)) if path is not None else None
     hit = _HISTORY_CACHE.get(key) if key is not None else None
     if hit is not None:
-        _HISTORY_CACHE.move_to_end(key)
         return hit
     history = _read_history(con, as_of)
     if key is not None:

@@ -117,6 +117,22 @@ def test_itemknn_ties_break_by_item_id_and_users_without_items_get_no_list():
     assert lists == {"u4": ["b", "c"]}  # b and c are equally similar to a
 
 
+def test_fits_sharing_one_matrix_give_each_fit_s_own_lists():
+    """A grid of item-kNN points (and co-occurrence) on one matrix reuse its co-occurrence
+    and each shrink's ranking: every list is the one of a fit on a matrix of its own."""
+    pairs = [("z", "a"), ("w1", "a"), ("w1", "b")]
+    pairs += [(f"w{n}", item) for n in (2, 3, 4) for item in ("a", "c")]
+    pairs += [(f"v{n}", "c") for n in range(12)] + [("v1", "d"), ("v2", "d"), ("w2", "d")]
+    users = ["z", "w1", "v1", "w3"]
+    shared = bl.Interactions.of(pairs)
+    for neighbours, shrink in ((1, 10.0), (5, 0.0), (1, 0.0), (5, 10.0)):
+        alone = bl.itemknn_lists(bl.Interactions.of(pairs), users, {}, 5, neighbours, shrink)
+        assert bl.itemknn_lists(shared, users, {}, 5, neighbours, shrink) == alone
+    assert bl.cooccurrence_lists(shared, users, {}, 5) == bl.cooccurrence_lists(
+        pairs, users, {}, 5
+    )
+
+
 # ---------------------------------------------------------------- co-occurrence, popularity
 
 
