@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EASE_MAX_ITEMS = 3000
+# EASE's scores come through an inversion whose rounding depends on the LAPACK routine, its
+# build and its threads: items tied in exact arithmetic (say, the items of one and the same
+# user) come out a few units in the last place apart, in an order that rounding sets. Scores
+# are rounded to this many decimals before ranking, so those ties break by item id, as every
+# baseline's ties do, on any machine.
+EASE_SCORE_DECIMALS = 9
 # Users scored per matrix product: bounds the dense score block (users x items).
 _BLOCK = 512
 
@@ -207,7 +213,11 @@ def ease_lists(
     if not users:  # nothing to score: skip the inversion
         return {}
     weights = ease_weights(m.x, l2)
-    return m.rank(users, consumed, k, lambda rows: rows @ weights, positive_only=False)
+    return m.rank(
+        users, consumed, k,
+        lambda rows: np.round(rows @ weights, EASE_SCORE_DECIMALS),
+        positive_only=False,
+    )
 
 
 def ease_weights(x: sp.spmatrix, l2: float) -> np.ndarray:

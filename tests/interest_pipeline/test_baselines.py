@@ -68,6 +68,21 @@ def test_ease_ranks_every_item_and_breaks_ties_by_item_id():
     assert lists == {"u1": ["b", "x", "y"]}
 
 
+def test_ease_ties_within_the_inversion_s_rounding_break_by_item_id(monkeypatch):
+    """x and y score 0 for u1 in exact arithmetic; an inversion that rounds y a hair above x
+    (as another LAPACK routine or thread count may) still ranks x first."""
+    pairs = [("u1", "a"), ("u2", "a"), ("u2", "b"), ("u3", "y"), ("u3", "x")]
+    exact = bl.ease_weights
+
+    def rounded_apart(x, l2):
+        weights = exact(x, l2)
+        weights[0, 3] += 1e-13  # a -> y (items in id order: a, b, x, y)
+        return weights
+
+    monkeypatch.setattr(bl, "ease_weights", rounded_apart)
+    assert bl.ease_lists(pairs, ["u1"], {"u1": {"a"}}, k=3, l2=1.0) == {"u1": ["b", "x", "y"]}
+
+
 def test_ease_caps_the_items_at_the_most_engaged():
     # b: 3 users, c: 3, a: 2, d: 2; three items keep b, c and a (a beats d by id).
     pairs = [p for p in PAIRS if p != ("u4", "c")] + [("u1", "c"), ("u5", "d")]
