@@ -222,6 +222,7 @@ class _Kept:
         if old is None or old != self.generation:
             self.generation, self.views = None, {}
             return
+        self.generation = None  # no generation's copy while the views are half moved
         for view in self.views.values():
             view.add(cooc_delta, sums)
         self.generation = new

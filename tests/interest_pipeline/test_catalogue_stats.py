@@ -181,3 +181,27 @@ def test_a_state_kept_before_anyone_engaged_takes_the_first_engagements(con):
     add_event(con, "2", "u1", "view", H0 + HOUR, H0 + HOUR, item_id="b")
     _same(catalogue_stats(con, ITEMS, H0 + HOUR, HALF_LIVES),
           _from_scan(con, ITEMS, H0 + HOUR, HALF_LIVES))
+
+
+def test_an_advance_that_fails_in_memory_leaves_no_copy_of_the_old_state_behind(
+    con, monkeypatch
+):
+    from interest_pipeline import catalogue_stats as module
+
+    _random_history(con, 6)
+    monkeypatch.setattr(module, "_KEPT", module._Kept())
+    catalogue_stats(con, ITEMS, H0 + 2 * HOUR, HALF_LIVES)
+    moved = module._View.add
+
+    def moved_then_failed(self, *args):
+        moved(self, *args)
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(module._View, "add", moved_then_failed)
+    con.execute("begin transaction")
+    with pytest.raises(MemoryError):
+        catalogue_stats(con, ITEMS, H0 + 4 * HOUR, HALF_LIVES)
+    con.execute("rollback")  # the warehouse is back at hour 2
+    monkeypatch.setattr(module._View, "add", moved)
+    _same(catalogue_stats(con, ITEMS, H0 + 2 * HOUR, HALF_LIVES),
+          _from_scan(con, ITEMS, H0 + 2 * HOUR, HALF_LIVES))
