@@ -144,6 +144,19 @@ class CatalogueStats:
     popularity: dict[float, np.ndarray]
     engaged: np.ndarray
 
+    @classmethod
+    def nothing(cls, n_items: int, half_lives: Sequence[float]) -> CatalogueStats:
+        """Statistics that say nothing (zeros) over ``n_items``: for a caller that reads
+        none of them."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        return cls(
+            sp.csr_matrix((n_items, n_items)),
+            {float(h): np.zeros(n_items) for h in half_lives},
+            np.zeros(n_items, dtype=bool),
+        )
+
 
 def catalogue_stats(
     con: duckdb.DuckDBPyConnection,

@@ -19,8 +19,13 @@ Protocol (temporal, no peeking):
    dbt and embed are cached in the work dir; training and recommend are re-run for every
    hour, in order, whenever the scoring settings differ from the ones the warehouse was
    scored with (exact, because they read only the rows of hours up to their own, unless
-   catalogue lines land after the first hour, in which case everything is re-run), and the
-   fold too when what it depends on changed (:func:`fold_fingerprint`).
+   catalogue lines land after the first hour, in which case everything is re-run), the
+   fold too when what it depends on changed (:func:`fold_fingerprint`), and the rankers'
+   fits only when what they read did (:func:`training_fingerprint`). When the catalogue
+   lands in the first hour, every day is prepared first and then only the lists the
+   cut-offs read are written (:mod:`interest_pipeline.eval_lists`: the same lists, a
+   twentieth of them on retail); ``--all-lists`` writes every list of every hour, as the
+   DAG does.
 3. **Cut-offs.** ``T = first_cutoff, first_cutoff + every, …`` while ``T + horizon <= end``
    (defaults: the first cut-off is ``start + 7 days`` so every user has up to a week of
    history, ``every = 24 h``, ``horizon = 24 h``). At each ``T`` the recommendations in force
@@ -174,6 +179,35 @@ def fold_fingerprint(settings: Settings) -> dict[str, Any]:
     }
 
 
+def training_fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything the ranker's daily fit (:func:`interest_pipeline.ranker.train_ranker`)
+    depends on besides the data and the vectors (:func:`fold_fingerprint`): a rescore that
+    leaves both unchanged (a change to how lists are cut, say) keeps the fitted rankers."""
+    from interest_pipeline import (
+        bootstrap,
+        catalogue_stats,
+        evaluation,
+        evidence,
+        ranker,
+        recommendations,
+        social,
+        user_vectors,
+        warehouse,
+    )
+
+    return {
+        "code": _code_digest(
+            ranker, recommendations, catalogue_stats, social, user_vectors, evidence,
+            evaluation, bootstrap, warehouse,
+        ),
+        "model": settings.model,
+        "half_life_hours": settings.half_life_hours,
+        "evidence_events": settings.evidence_events,
+        "scoring": dataclasses.asdict(recommendations.scoring_config()),
+        "ranker": dataclasses.asdict(ranker.ranker_settings()),
+    }
+
+
 def _scoring_code_digest() -> str:
     """A digest of the modules fold, training and recommend run: a change to the scoring code
     re-scores a cached warehouse as a change to its settings does."""
@@ -221,16 +255,22 @@ def _landing_fingerprint(landing_dir: Path, hours: Sequence[datetime]) -> str:
 
 
 def run_pipeline(
-    settings: Settings, start: datetime, end: datetime, workdir: Path
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    workdir: Path,
+    lists_for: tuple[Sequence[datetime], float] | None = None,
 ) -> dict[str, Any]:
     """Bring the scratch warehouse up to date for [start, end) (see the module docstring).
 
     Data is prepared a UTC day at a time, as the daily backfill DAG does (ingest hour by hour,
     one dbt run and one embedding batch per day); fold and recommend then go hour by hour over
-    the day's busy hours. Returns what was done: hours with data, days prepared, hours
-    (re)scored, seconds.
+    the day's busy hours. ``lists_for`` (cut-offs, horizon hours): a rescore of prepared data
+    writes only the lists those cut-offs read (:mod:`interest_pipeline.eval_lists`); None:
+    every list, as the DAG. Returns what was done: hours with data, days prepared, hours
+    (re)scored, lists written, seconds.
     """
-    from interest_pipeline import stages
+    from interest_pipeline import eval_lists
     from interest_pipeline.warehouse import open_warehouse
 
     began = time.perf_counter()
@@ -246,6 +286,7 @@ def run_pipeline(
     }
     scoring_key = scoring_fingerprint(settings)
     fold_key = fold_fingerprint(settings)
+    training_key = training_fingerprint(settings)
     if state.get("data") != data_key:
         if state and settings.warehouse_path.exists():
             log.info("landing zone or window changed: rebuilding %s", settings.warehouse_path)
@@ -262,7 +303,18 @@ def run_pipeline(
     # would write again: a rescore of those hours only trains and recommends. (The fold key
     # has the model_id, which the scoring key lacks: another embedding backend re-scores.)
     refold = state.get("fold") != fold_key
-    rescore = state.get("scoring") != scoring_key or state.get("fold", fold_key) != fold_key
+    # state["training"]: the training key every ranker of the warehouse was fitted with; the
+    # fit is deterministic, so with the same key and vectors a rescore keeps them.
+    retrain = refold or state.get("training") != training_key
+    # state["lists"]: None when every list was written, else the digest of the cut-offs and
+    # horizon whose lists alone were: enough for those only.
+    lists_key = _digest({"cutoffs": lists_for[0], "horizon": lists_for[1]}) if lists_for else None
+    rescore = (
+        state.get("scoring") != scoring_key
+        or state.get("fold", fold_key) != fold_key
+        or state.get("training", training_key) != training_key
+        or state.get("lists") not in (None, lists_key)
+    )
     if rescore:
         if not catalogue_fixed:
             prepared_until = None
@@ -270,55 +322,79 @@ def run_pipeline(
         # Until this run ends, the lists (and after a refold the vectors) are a mix.
         state["scoring"] = None
         state["fold"] = None if refold else fold_key
+        state["training"] = None if retrain else training_key
         _write_state(workdir, state)
     dbt = None
-    prepared = scored = folded = 0
+    prepared = scored = folded = lists = 0
     busy_days = {h.replace(hour=0) for h in hours}
     days = []
     day = start.replace(hour=0)
     while day < end:
-        days.append((max(day, start), min(day + timedelta(days=1), end)))
+        if hours and min(day + timedelta(days=1), end) > hours[0]:
+            # (before the first busy hour the warehouse has no tables to fold into)
+            days.append((max(day, start), min(day + timedelta(days=1), end)))
         day += timedelta(days=1)
+
+    def needs_data(day_start: datetime, day_end: datetime) -> bool:
+        return day_start.replace(hour=0) in busy_days and (
+            prepared_until is None or day_end > prepared_until
+        )
+
+    # With the cut-offs known and the catalogue landing in the first hour (so that data of
+    # later days changes no earlier hour's scoring), the data is prepared first and only the
+    # lists the cut-offs read are written; otherwise every list, day by day, as the DAG.
+    pending = [d for d in days if needs_data(*d)]
+    targeted = bool(lists_for and catalogue_fixed and (rescore or pending))
+    if targeted:
+        with progress.track("  prepare", len(pending), "days") as bar:
+            for day_start, day_end in bar.iterate(pending, note=lambda d: f"{d[0]:%Y-%m-%d}"):
+                dbt = _prepare_day(settings, dbt, day_start, day_end)
+                prepared += 1
+                # Prepared, not folded yet: until the fold below, the vectors are a mix.
+                state.update(prepared_until=day_end.isoformat(), scoring=None, fold=None)
+                _write_state(workdir, state)
+        scoring = [h for d in days for h in _scoring_hours(*d, hours)]
+        # The hours to fold: every hour after a change the fold reads, else the new days'.
+        new_from = pending[0][0] if pending else end
+        folding = [h for h in scoring if refold or h >= new_from]
+        with (
+            open_warehouse(settings.warehouse_path) as con,
+            progress.track("  fold", len(folding), "hours", every=100) as bar,
+        ):
+            for hour in bar.iterate(folding, note=lambda h: f"{h:%Y-%m-%d %H:%M}"):
+                _fold(settings, con, hour, hour + _HOUR)
+            lists = eval_lists.rescore_for_cutoffs(
+                settings, con, scoring, *lists_for, train=retrain or bool(pending)
+            )["lists_written"]
+        scored, folded, days = len(scoring), len(folding), []
     with progress.track("  pipeline", len(days), "days") as bar:
         for day_start, day_end in bar.iterate(days, note=lambda d: f"{d[0]:%Y-%m-%d}"):
-            if not hours or day_end <= hours[0]:
-                continue  # nothing built yet: the warehouse has no tables to fold into
-            needs_data = day_start.replace(hour=0) in busy_days and (
-                prepared_until is None or day_end > prepared_until
-            )
-            if not needs_data and not rescore:
+            data = needs_data(day_start, day_end)
+            if not data and not rescore:
                 continue
-            if needs_data:
-                stages.ingest_landing_partition(day_start, day_end, settings)
-                dbt = dbt or _InProcessDbt(settings)
-                dbt.run(day_start, day_end)
-                stages.embed_new_texts(day_start, day_end, settings)
+            if data:
+                dbt = _prepare_day(settings, dbt, day_start, day_end)
                 prepared += 1
-            # The busy hours, and the hour ending at midnight even when empty: it fits the
-            # ranker and re-scores the week's active users. Other empty hours change no list:
-            # they write no version, and the new-visitor list they would write orders items by
-            # a decayed sum that an hour without events scales, all items alike.
-            busy = set(hours)
-            fold = needs_data or refold
-            scoring = [
-                hour for hour, _ in stages.interval_hours(day_start, day_end)
-                if hour in busy or (hour + _HOUR).hour == 0
-            ]
+            fold, train = data or refold, data or retrain
+            scoring = _scoring_hours(day_start, day_end, hours)
             # One connection for the day's hours (closed before the next day's dbt run).
             with open_warehouse(settings.warehouse_path) as con:
                 for hour in scoring:
-                    _score_hour(settings, con, hour, hour + _HOUR, fold)
+                    lists += _score_hour(settings, con, hour, hour + _HOUR, fold, train)
             scored += len(scoring)
             folded += len(scoring) * fold
-            if needs_data:
+            if data:
                 # Every hour up to here is now folded with fold_key: in this run, or before it
                 # when refold is False.
                 state["prepared_until"] = day_end.isoformat()
                 state["scoring"] = None
                 state["fold"] = fold_key
                 _write_state(workdir, state)
+    if targeted or rescore:
+        state["lists"] = lists_key if targeted else None
     state["scoring"] = scoring_key
     state["fold"] = fold_key
+    state["training"] = training_key
     state["prepared_until"] = end.isoformat() if hours else None
     _write_state(workdir, state)
     return {
@@ -326,8 +402,37 @@ def run_pipeline(
         "days_prepared": prepared,
         "hours_scored": scored,
         "hours_folded": folded,
+        "lists_written": lists,
         "pipeline_seconds": round(time.perf_counter() - began, 1),
     }
+
+
+def _prepare_day(
+    settings: Settings, dbt: _InProcessDbt | None, day_start: datetime, day_end: datetime
+) -> _InProcessDbt:
+    """Ingest a day hour by hour, build it with one dbt run and embed its new texts, as the
+    daily backfill DAG does; returns the dbt runner (made at the first day, then reused)."""
+    from interest_pipeline import stages
+
+    stages.ingest_landing_partition(day_start, day_end, settings)
+    dbt = dbt or _InProcessDbt(settings)
+    dbt.run(day_start, day_end)
+    stages.embed_new_texts(day_start, day_end, settings)
+    return dbt
+
+
+def _scoring_hours(day_start: datetime, day_end: datetime, busy: Sequence[datetime]) -> list:
+    """The hours of a day that are scored: the busy hours, and the hour ending at midnight
+    even when empty (it fits the ranker and re-scores the week's active users). Other empty
+    hours change no list: they write no version, and the new-visitor list they would write
+    orders items by a decayed sum that an hour without events scales, all items alike."""
+    from interest_pipeline import stages
+
+    busy = set(busy)
+    return [
+        hour for hour, _ in stages.interval_hours(day_start, day_end)
+        if hour in busy or (hour + _HOUR).hour == 0
+    ]
 
 
 def _forget_statistics_state(settings: Settings, start: datetime) -> None:
@@ -345,16 +450,23 @@ def _forget_statistics_state(settings: Settings, start: datetime) -> None:
 
 
 def _score_hour(
-    settings: Settings, con: Any, start: datetime, end: datetime, fold: bool = True
-) -> None:
-    """Fold (unless ``fold`` is False: the vectors are already the fold's) and recommend one
-    hour on ``con``, in order (what the DAG's fold and recommend tasks do)."""
+    settings: Settings,
+    con: Any,
+    start: datetime,
+    end: datetime,
+    fold: bool = True,
+    train: bool = True,
+) -> int:
+    """Fold (unless ``fold`` is False: the vectors are already the fold's), train the ranker
+    where due (unless ``train`` is False: the rankers are already the fit's) and recommend
+    one hour on ``con``, in order (what the DAG's tasks do); returns the lists written."""
     from interest_pipeline import stages
 
     if fold:
         _fold(settings, con, start, end)
-    stages.train_ranker(start, end, settings, con=con)
-    stages.write_recommendations(start, end, settings, con=con)
+    if train:
+        stages.train_ranker(start, end, settings, con=con)
+    return stages.write_recommendations(start, end, settings, con=con)["users_recommended"]
 
 
 def _fold(settings: Settings, con: Any, start: datetime, end: datetime) -> None:
@@ -746,6 +858,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2000,
         help="paired-bootstrap resamples for the model-vs-baseline intervals (default 2000)",
     )
+    parser.add_argument(
+        "--all-lists",
+        action="store_true",
+        help="when the scoring changed, write every list of every hour as the DAG does "
+        "(default: only the lists the cut-offs read; the report is the same)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -782,12 +900,14 @@ def main(argv: list[str] | None = None) -> int:
         from interest_pipeline.replay import replay
 
         replay(args.dataset, start, end, landing)
-    done = run_pipeline(settings, start, end, workdir)
     first = tune_from if args.tuning else report_from
     last_end = report_from + timedelta(hours=args.horizon) if args.tuning else end
     times = cutoffs(first, min(end, last_end), every, args.horizon)
     if args.tuning:
         times = [t for t in times if t + timedelta(hours=args.horizon) <= report_from]
+    done = run_pipeline(
+        settings, start, end, workdir, None if args.all_lists else (times, args.horizon)
+    )
     evaluate_began = time.perf_counter()
     evaluated = evaluate_cutoffs(settings, times, args.horizon, workdir)
     evaluate_seconds = round(time.perf_counter() - evaluate_began, 1)

@@ -57,12 +57,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from interest_pipeline.catalogue_stats import catalogue_stats
+from interest_pipeline.catalogue_stats import CatalogueStats, catalogue_stats
 from interest_pipeline.config import max_event_skew_hours
 from interest_pipeline.evidence import TRENDING_EVIDENCE, EvidenceWriter
 from interest_pipeline.social import (
@@ -73,6 +73,7 @@ from interest_pipeline.social import (
 )
 from interest_pipeline.user_vectors import CONTRIBUTIONS_SQL, decay, embeddings_of
 from interest_pipeline.warehouse import (
+    database_path,
     insert_arrow,
     query_arrow,
     transaction,
@@ -149,13 +150,30 @@ def scoring_config() -> ScoringConfig:
     )
 
 
-def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Catalogue:
+    """The embedded catalogue by item id: ids, their documents' text hashes, embeddings."""
+
+    ids: np.ndarray
+    hashes: np.ndarray
+    vectors: np.ndarray
+
+
+# The catalogue last loaded per (warehouse file, model id). An embedding is a function of
+# (model id, text hash), so while the items' hashes are the same so are their vectors: an
+# evaluation scoring hundreds of hours reads the hashes, not 1,600 x 384 floats, each hour.
+_CATALOGUES: dict[tuple[str, str], _Catalogue] = {}
+
+
+def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> _Catalogue:
+    import numpy as np
+
     table = query_arrow(
         con,
         """
-        select item_documents.item_id, text_embeddings.embedding
+        select item_documents.item_id, item_documents.text_hash
         from item_documents
-        inner join text_embeddings
+        semi join text_embeddings
             on item_documents.text_hash = text_embeddings.text_hash
             and text_embeddings.model_id = ?
         order by item_documents.item_id
@@ -163,7 +181,35 @@ def _load_items(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[np.ndarr
         [model_id],
     )
     ids = table.column("item_id").to_numpy(zero_copy_only=False)
-    return ids, vectors_to_numpy(table.column("embedding"))
+    hashes = table.column("text_hash").to_numpy(zero_copy_only=False)
+    path = database_path(con)
+    kept = _CATALOGUES.get((path, model_id)) if path is not None else None
+    if kept is not None and np.array_equal(kept.ids, ids) and np.array_equal(kept.hashes, hashes):
+        return kept
+    catalogue = _Catalogue(ids, hashes, embeddings_of(con, model_id, hashes.tolist()))
+    if path is not None:
+        _CATALOGUES.clear()  # one at a time: a process scores one warehouse
+        _CATALOGUES[(path, model_id)] = catalogue
+    return catalogue
+
+
+def _text_vectors(
+    con: duckdb.DuckDBPyConnection, model_id: str, hashes: np.ndarray, catalogue: _Catalogue
+) -> np.ndarray:
+    """The embeddings of these text hashes, in order: those of item documents from the
+    catalogue, the others (queries, tags) read."""
+    import numpy as np
+
+    if not len(catalogue.ids):
+        return embeddings_of(con, model_id, hashes.tolist())
+    out = np.zeros((len(hashes), catalogue.vectors.shape[1]), dtype=np.float32)
+    order = np.argsort(catalogue.hashes, kind="stable")
+    at = np.searchsorted(catalogue.hashes[order], hashes)
+    found = (at < len(order)) & (catalogue.hashes[order][np.minimum(at, len(order) - 1)] == hashes)
+    out[found] = catalogue.vectors[order[at[found]]]
+    if not found.all():
+        out[~found] = embeddings_of(con, model_id, hashes[~found].tolist(), out.shape[1])
+    return out
 
 
 # Each user's latest ``$limit`` events among the rows of ``{source}``, newest first. A top-k
@@ -351,6 +397,69 @@ def _consumed(
     return {user: np.array(js, dtype=np.int64) for user, js in rows}
 
 
+# Who is due a list as of an interval end (see the module docstring); parameters $end,
+# $model_id, $refresh (the daily refresh is due) and $active_since.
+_USERS_DUE_SQL = """
+with fresh as (
+    select user_id, vector from user_interest_vectors
+    where as_of = $end and model_id = $model_id
+),
+stale as (
+    select user_id, arg_max(vector, as_of) as vector
+    from user_interest_vectors
+    where $refresh and model_id = $model_id and as_of < $end
+        and user_id not in (select user_id from fresh)
+    group by user_id
+    having max(last_event_at) >= $active_since
+),
+social as (
+    -- Whose social side changed (a new social version: they (un)followed someone in
+    -- the interval, or someone they follow has a new version).
+    select user_id from user_social_vectors
+    where as_of = $end and model_id = $model_id
+),
+social_only as (
+    select social.user_id, (
+        select arg_max(versions.vector, versions.as_of)
+        from user_interest_vectors as versions
+        where versions.user_id = social.user_id and versions.model_id = $model_id
+            and versions.as_of <= $end
+    ) as vector
+    from social
+    where social.user_id not in (select user_id from fresh)
+        and social.user_id not in (select user_id from stale)
+)
+select {columns} from (
+    select * from fresh
+    union all
+    select * from stale
+    union all
+    select * from social_only
+)
+order by user_id
+"""
+
+
+def users_due(
+    con: duckdb.DuckDBPyConnection,
+    model_id: str,
+    interval_end: datetime,
+    vectors: bool = True,
+) -> pa.Table:
+    """The users due a list as of ``interval_end`` (user_id, and their interest vector unless
+    ``vectors`` is False; a user with only follows has a null vector), by user id."""
+    return query_arrow(
+        con,
+        _USERS_DUE_SQL.format(columns="user_id, vector" if vectors else "user_id"),
+        {
+            "end": interval_end,
+            "model_id": model_id,
+            "refresh": refresh_due(interval_end),
+            "active_since": interval_end - timedelta(hours=refresh_horizon_hours()),
+        },
+    )
+
+
 def write_recommendations(
     con: duckdb.DuckDBPyConnection,
     model_id: str,
@@ -360,67 +469,44 @@ def write_recommendations(
     half_life_hours: float,
     evidence_events: int,
     config: ScoringConfig | None = None,
+    users: Collection[str] | None = None,
+    new_user: bool = True,
 ) -> dict[str, int]:
     """Replace the recommendations ``as_of = interval_end``: every user with a new version,
     and, at the daily refresh, every user active within the refresh horizon (so changing
-    popularity and co-occurrence reach users who did not act); plus the new-visitor list."""
+    popularity and co-occurrence reach users who did not act); plus the new-visitor list.
+
+    ``users``: replace only the lists of these users (of those due; the other rows of the
+    interval stay as they are), and ``new_user=False``: leave the new-visitor list alone. An
+    evaluation rescoring after a scoring change writes only the lists its cut-offs read
+    (:mod:`interest_pipeline.eval_lists`); a user's list depends on no other user scored
+    with it, so those lists are the same as in a full run."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from interest_pipeline.ranker import ranker_in_force
 
     config = config or scoring_config()
     ranker = ranker_in_force(con, model_id, interval_end, config)
     refresh = refresh_due(interval_end)
-    users_table = query_arrow(
-        con,
-        """
-        with fresh as (
-            select user_id, vector from user_interest_vectors
-            where as_of = $end and model_id = $model_id
-        ),
-        stale as (
-            select user_id, arg_max(vector, as_of) as vector
-            from user_interest_vectors
-            where $refresh and model_id = $model_id and as_of < $end
-                and user_id not in (select user_id from fresh)
-            group by user_id
-            having max(last_event_at) >= $active_since
-        ),
-        social as (
-            -- Whose social side changed (a new social version: they (un)followed someone in
-            -- the interval, or someone they follow has a new version).
-            select user_id from user_social_vectors
-            where as_of = $end and model_id = $model_id
-        ),
-        social_only as (
-            select social.user_id, (
-                select arg_max(versions.vector, versions.as_of)
-                from user_interest_vectors as versions
-                where versions.user_id = social.user_id and versions.model_id = $model_id
-                    and versions.as_of <= $end
-            ) as vector
-            from social
-            where social.user_id not in (select user_id from fresh)
-                and social.user_id not in (select user_id from stale)
-        )
-        select * from fresh
-        union all
-        select * from stale
-        union all
-        select * from social_only
-        order by user_id
-        """,
-        {
-            "end": interval_end,
-            "model_id": model_id,
-            "refresh": refresh,
-            "active_since": interval_end - timedelta(hours=refresh_horizon_hours()),
-        },
-    )
+    users_table = users_due(con, model_id, interval_end)
+    only = None
+    if users is not None:
+        only = pa.array(sorted(users), pa.string())
+        users_table = users_table.filter(pc.is_in(users_table.column("user_id"), only))
     con.execute(NEW_USER_DDL)
     with transaction(con):
-        con.execute(
-            "delete from recommendations where as_of = ? and model_id = ?",
-            [interval_end, model_id],
-        )
+        if only is None:
+            con.execute(
+                "delete from recommendations where as_of = ? and model_id = ?",
+                [interval_end, model_id],
+            )
+        else:
+            con.execute(
+                "delete from recommendations where as_of = ? and model_id = ? "
+                "and user_id in (select unnest(?::varchar[]))",
+                [interval_end, model_id, only.to_pylist()],
+            )
         rows = recommend(
             con,
             model_id,
@@ -434,16 +520,17 @@ def write_recommendations(
             ranker,
         )
         insert_arrow(con, "recommendations", rows)
-        new_user = new_user_list(con, model_id, interval_end, top_n, ranker)
-        con.execute(
-            "delete from new_user_recommendations where as_of = ? and model_id = ?",
-            [interval_end, model_id],
-        )
-        insert_arrow(con, "new_user_recommendations", new_user)
-    users = len(set(rows.column("user_id").to_pylist())) if rows.num_rows else 0
+        if new_user:
+            new_user_rows = new_user_list(con, model_id, interval_end, top_n, ranker)
+            con.execute(
+                "delete from new_user_recommendations where as_of = ? and model_id = ?",
+                [interval_end, model_id],
+            )
+            insert_arrow(con, "new_user_recommendations", new_user_rows)
+    written = len(set(rows.column("user_id").to_pylist())) if rows.num_rows else 0
     return {
         "recommendations_written": rows.num_rows,
-        "users_recommended": users,
+        "users_recommended": written,
         "users_refreshed": users_table.num_rows if refresh else 0,
         "ranker_version": ranker.version,
     }
@@ -537,7 +624,8 @@ class _Context:
         import pyarrow.compute as pc
 
         self.config = config
-        self.item_ids, self.item_vecs = _load_items(con, model_id)
+        catalogue = _load_items(con, model_id)
+        self.item_ids, self.item_vecs = catalogue.ids, catalogue.vectors
         n_items = len(self.item_ids)
         con.register("_rec_users", pa.table({"user_id": pa.array(users, pa.string())}))
         con.register(
@@ -551,10 +639,27 @@ class _Context:
             self.consumed = _consumed(con, interval_start)
             rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
             _collect_engaged_pairs(con, interval_start)
-            stats = catalogue_stats(
-                con, self.item_ids.tolist(), interval_start,
-                (config.popularity_half_life_hours, *trending_half_lives),
+            self.social, self.social_people = social_signal(
+                con, interval_start, interval_end, half_life_hours, n_items
             )
+            self.social_vecs = social_vectors_as_of(con, model_id, interval_end, "_rec_users")
+            ev_times = rows.column("event_at").to_numpy().astype("datetime64[us]")
+            ages = (np.datetime64(interval_end, "us") - ev_times) / np.timedelta64(1, "h")
+            self.ev_coef = rows.column("weight").to_numpy(zero_copy_only=False) * decay(
+                ages, half_life_hours
+            )
+            # Nobody with a taste (has_taste) or people they follow (has_social) gets no
+            # list: then the catalogue-wide statistics are not read (an evaluation's rescore
+            # scores the hours of users with only cancellations by themselves).
+            if (self.ev_coef > 0).any() or self.social:
+                stats = catalogue_stats(
+                    con, self.item_ids.tolist(), interval_start,
+                    (config.popularity_half_life_hours, *trending_half_lives),
+                )
+            else:
+                stats = CatalogueStats.nothing(
+                    n_items, (config.popularity_half_life_hours, *trending_half_lives)
+                )
             self.prior = _popularity_prior(stats.popularity[config.popularity_half_life_hours])
             # Recency-popularity by each trending half-life, for users with no taste of their
             # own (:meth:`follow_only_row`).
@@ -563,10 +668,6 @@ class _Context:
             # Catalogue positions of the items nobody engaged with yet (in catalogue order).
             self.new_items = np.flatnonzero(~self.engaged)
             self.behaviour = _cooccurrence(con, users, stats.cooccurrence)
-            self.social, self.social_people = social_signal(
-                con, interval_start, interval_end, half_life_hours, n_items
-            )
-            self.social_vecs = social_vectors_as_of(con, model_id, interval_end, "_rec_users")
         finally:
             con.execute("drop table if exists _rec_engaged")
             con.unregister("_rec_users")
@@ -574,17 +675,16 @@ class _Context:
 
         ev_users = rows.column("user_id").to_numpy(zero_copy_only=False)
         # Each distinct text's embedding once (text_vecs), and per contribution its text
-        # (ev_text): the latest events of many users repeat the same documents.
+        # (ev_text): the latest events of many users repeat the same documents. Texts are
+        # numbered in hash order, so a user's several-interests sum runs over their texts in
+        # the same order whoever else is scored in the hour (the same floats to the bit).
         texts = pc.dictionary_encode(rows.column("text_hash").combine_chunks())
-        self.ev_text = texts.indices.to_numpy()
-        self.text_vecs = embeddings_of(
-            con, model_id, texts.dictionary.to_pylist(), self.item_vecs.shape[1]
-        )
-        ev_times = rows.column("event_at").to_numpy().astype("datetime64[us]")
-        ages = (np.datetime64(interval_end, "us") - ev_times) / np.timedelta64(1, "h")
-        self.ev_coef = rows.column("weight").to_numpy(zero_copy_only=False) * decay(
-            ages, half_life_hours
-        )
+        hashes = texts.dictionary.to_numpy(zero_copy_only=False)
+        order = np.argsort(hashes, kind="stable")
+        number = np.empty(len(order), dtype=np.int64)
+        number[order] = np.arange(len(order))
+        self.ev_text = number[texts.indices.to_numpy()]
+        self.text_vecs = _text_vectors(con, model_id, hashes[order], catalogue)
         # Each contribution's catalogue position (-1: a query or tag, or an item not listed).
         position = pc.index_in(
             rows.column("item_id"), value_set=pa.array(self.item_ids.tolist(), pa.string())
@@ -639,10 +739,14 @@ class _Context:
         importance = sp.csr_matrix(
             (np.concatenate(weights), (np.concatenate(rows), column)),
             shape=(len(users), len(distinct)),
-        )  # duplicates summed: one column per distinct text
-        for lo in range(0, len(distinct), _TEXT_BLOCK):
-            block = distinct[lo : lo + _TEXT_BLOCK]
-            out += importance[:, lo : lo + len(block)] @ self._powered(block)
+        )  # duplicates summed: one column per distinct text, in text (hash) order
+        importance.sort_indices()
+        # Each user's row in one product, summing over their texts in text order: the same
+        # floats whoever else is in the block (an evaluation scores a few users of an hour).
+        for group in _groups_within(importance, _TEXT_BLOCK):
+            part = importance[group]
+            used = np.unique(part.indices)
+            out[group] = part[:, used] @ self._powered(distinct[used])
         has = totals > 0
         out[has] = (out[has] / totals[has, None]) ** (1.0 / p)
         return out
@@ -1001,6 +1105,27 @@ def _score_block(
     ranked = [lists[i] for i in sorted(lists)]
     for lo in range(0, len(ranked), _EVIDENCE_BLOCK):
         out.add(ranked[lo : lo + _EVIDENCE_BLOCK])
+
+
+def _groups_within(matrix: sp.csr_matrix, columns: int) -> list[np.ndarray]:
+    """The rows of ``matrix`` in consecutive groups whose nonzero columns number at most
+    ``columns`` together (a row with more is a group of its own)."""
+    import numpy as np
+
+    if matrix.shape[1] <= columns:
+        return [np.arange(matrix.shape[0])]
+    groups: list[np.ndarray] = []
+    start, seen = 0, set()
+    for row in range(matrix.shape[0]):
+        new = set(matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]].tolist()) - seen
+        if row > start and len(seen) + len(new) > columns:
+            groups.append(np.arange(start, row))
+            start, seen = row, set()
+            new = set(matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]].tolist())
+        seen |= new
+    if matrix.shape[0] > start:
+        groups.append(np.arange(start, matrix.shape[0]))
+    return groups
 
 
 def _tops(rows: np.ndarray, n: int) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -452,10 +452,16 @@ def train_ranker(
 
 
 def write_recommendations(
-    start: datetime, end: datetime, settings: Settings | None = None, con: Any = None
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
+    con: Any = None,
+    users: Collection[str] | None = None,
+    new_user: bool = True,
 ) -> dict[str, Any]:
     """Top-N recommendations with evidence for every user with a new version, hour by hour
-    (``con``: as for :func:`train_ranker`)."""
+    (``con``: as for :func:`train_ranker`; ``users`` and ``new_user``: as for
+    :func:`interest_pipeline.recommendations.write_recommendations`)."""
     from interest_pipeline import recommendations
 
     s = settings or get_settings()
@@ -465,6 +471,7 @@ def write_recommendations(
             "recommend", to_utc_naive(start), to_utc_naive(end),
             lambda h_start, h_end: recommendations.write_recommendations(
                 con, model_id, h_start, h_end, s.top_n, s.half_life_hours, s.evidence_events,
+                users=users, new_user=new_user,
             ),
         )
 

@@ -589,3 +589,149 @@ def test_a_rescore_of_the_scoring_alone_does_not_fold_and_gives_a_full_rescores_
     longer = dataclasses.replace(settings, half_life_hours=settings.half_life_hours * 2)
     eval_cli.run_pipeline(longer, PIPELINE_START, PIPELINE_END, tmp_path)
     assert len(folds) == full["hours_scored"]
+
+
+def _stub_preparation(monkeypatch, hours):
+    """run_pipeline over a warehouse made by hand: nothing to ingest, build or embed."""
+    from interest_pipeline import eval_cli, stages
+
+    monkeypatch.setattr(eval_cli, "busy_hours", lambda *a: hours)
+    monkeypatch.setattr(stages, "ingest_landing_partition", lambda *a: None)
+    monkeypatch.setattr(stages, "embed_new_texts", lambda *a: None)
+    monkeypatch.setattr(eval_cli._InProcessDbt, "run", lambda *a: None)
+
+
+def _in_force(path, model_id, cutoffs, horizon):
+    """Per cut-off, the lists an evaluation reads and their ages (what its report is made of)."""
+    from interest_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(path) as c:
+        out = {}
+        for t in cutoffs:
+            users = sorted(ev.evaluated_users(c, t, horizon))
+            out[t] = (ev.model_lists(c, t, model_id, users),
+                      ev.list_ages_hours(c, t, model_id, users))
+        return out
+
+
+def test_a_rescore_for_cut_offs_writes_only_the_lists_they_read_and_reads_the_same(
+    con, tmp_path, monkeypatch, fake_encoder
+):
+    import dataclasses
+
+    from interest_pipeline import embeddings, eval_cli
+
+    # One evidence event: a user whose latest event is a cancellation has no taste, no list.
+    settings = dataclasses.replace(_eval_settings(tmp_path, model="fake"), evidence_events=1)
+    model_id = embeddings.resolve_model("fake")[0]
+    hours = _pipeline_warehouse(con, fake_encoder, model_id)
+    # u5 views m2 at 05:00 and cancels a purchase at 22:00: due a list at 23:00 (new version)
+    # and 24:00 (the daily refresh), both empty, so at the cut-off 24:00 the list in force is
+    # the one of 06:00. They view m6 at 44:00: evaluated at the cut-off 24:00 alone.
+    for name, kind, item, hour, weight in (
+        ("c1", "view", "m2", 5, 1.0), ("c2", "purchase", "m3", 22, -3.0),
+        ("c3", "view", "m6", 44, 1.0),
+    ):
+        start = PIPELINE_START + hour * HOUR
+        add_event(con, name, "u5", kind, start + 5 * timedelta(minutes=1), start,
+                  item_id=item, weight=weight)
+        hours.append(start)
+    hours = sorted(set(hours))
+    con.close()
+    _stub_preparation(monkeypatch, hours)
+    cutoffs = eval_cli.cutoffs(PIPELINE_START + 12 * HOUR, PIPELINE_END, 6.0, 24.0)
+    cold = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+
+    monkeypatch.setenv("INTEREST_SCORE_CONTENT_WEIGHT", "1")
+    monkeypatch.setenv("INTEREST_SCORE_POPULARITY_WEIGHT", "0")
+    targeted = eval_cli.run_pipeline(
+        settings, PIPELINE_START, PIPELINE_END, tmp_path, (cutoffs, 24.0)
+    )
+    read = _in_force(settings.warehouse_path, model_id, cutoffs, 24.0)
+    assert 0 < targeted["lists_written"] < cold["lists_written"]
+    # The same cut-offs again: nothing to do; other cut-offs: their lists are written.
+    again = eval_cli.run_pipeline(
+        settings, PIPELINE_START, PIPELINE_END, tmp_path, (cutoffs, 24.0)
+    )
+    assert again["hours_scored"] == 0
+    assert eval_cli.run_pipeline(
+        settings, PIPELINE_START, PIPELINE_END, tmp_path, (cutoffs[1:], 24.0)
+    )["hours_scored"] == targeted["hours_scored"]
+
+    # Every list, as the DAG writes them (a targeted state does not serve this run).
+    full = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert full["lists_written"] == cold["lists_written"]
+    assert read == _in_force(settings.warehouse_path, model_id, cutoffs, 24.0)
+    u5 = {t: lists["u5"] for t, (lists, _) in read.items() if "u5" in lists}
+    assert list(u5) == [PIPELINE_START + 24 * HOUR] and u5[PIPELINE_START + 24 * HOUR]
+    # At 24:00 the lists of 23:00 and 24:00 are empty: the one in force is 06:00's.
+    from interest_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(settings.warehouse_path) as c:
+        written = [r[0] for r in c.execute(
+            "select distinct as_of from recommendations where user_id = 'u5' and as_of <= ? "
+            "order by 1", [PIPELINE_START + 24 * HOUR],
+        ).fetchall()]
+    assert written == [PIPELINE_START + 6 * HOUR]
+
+    # A first run that knows its cut-offs (no state: every hour prepared, folded and trained)
+    # writes the same few lists.
+    (tmp_path / "eval_state.json").unlink()
+    first = eval_cli.run_pipeline(
+        settings, PIPELINE_START, PIPELINE_END, tmp_path, (cutoffs, 24.0)
+    )
+    assert first["hours_folded"] == first["hours_scored"] == targeted["hours_scored"]
+    assert first["lists_written"] == targeted["lists_written"]
+    assert _in_force(settings.warehouse_path, model_id, cutoffs, 24.0) == read
+
+
+def _rankers(path) -> list[tuple]:
+    from interest_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(path) as c:
+        return c.execute("select * exclude (fitted_at) from rankers order by as_of").fetchall()
+
+
+def test_a_rescore_that_leaves_the_fit_alone_keeps_the_rankers(
+    con, tmp_path, monkeypatch, fake_encoder
+):
+    from interest_pipeline import embeddings, eval_cli, stages
+
+    settings = _eval_settings(tmp_path, model="fake")
+    model_id = embeddings.resolve_model("fake")[0]
+    hours = _pipeline_warehouse(con, fake_encoder, model_id)
+    con.close()
+    _stub_preparation(monkeypatch, hours)
+    fits = []
+    train = stages.train_ranker
+    monkeypatch.setattr(
+        stages, "train_ranker", lambda *a, **k: (fits.append(a[1]), train(*a, **k))[1]
+    )
+    eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert fits
+
+    # Where the new item goes in a list is not the fit's: the rankers are kept.
+    monkeypatch.setenv("INTEREST_NEW_ITEM_RANK", "1")
+    fits.clear()
+    kept = eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert kept["hours_scored"] > 0 and fits == []
+    outputs = _pipeline_outputs(settings.warehouse_path)
+    kept_rankers = _rankers(settings.warehouse_path)
+    # The same with every ranker fitted again (an older state, without the training key).
+    import json
+
+    state_path = tmp_path / "eval_state.json"
+    state = json.loads(state_path.read_text())
+    del state["training"]
+    state["scoring"] = None
+    state_path.write_text(json.dumps(state))
+    eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert fits
+    assert _pipeline_outputs(settings.warehouse_path) == outputs
+    assert _rankers(settings.warehouse_path) == kept_rankers
+
+    # A change the fit reads (a scoring weight's default) fits again.
+    fits.clear()
+    monkeypatch.setenv("INTEREST_SCORE_CONTENT_WEIGHT", "1")
+    eval_cli.run_pipeline(settings, PIPELINE_START, PIPELINE_END, tmp_path)
+    assert fits

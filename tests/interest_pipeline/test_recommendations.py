@@ -248,3 +248,62 @@ def test_a_blocks_lists_are_each_rows_own_list(seed):
     for n in (1, 5, 29, 30, 40):
         for row, top in zip(rows, _tops(rows, n), strict=True):
             assert top.tolist() == _top(row, n).tolist()
+
+
+def test_a_users_list_is_the_same_whoever_else_is_scored_in_the_hour(con, fake_encoder):
+    """What an evaluation's rescore relies on (interest_pipeline.eval_lists): writing one
+    user's list alone gives the rows, scores to the bit, that the whole hour gives them."""
+    _catalogue(con)
+    words = ["space", "robots", "aliens", "paris", "romantic", "drama", "war", "comedy"]
+    rng = np.random.default_rng(7)
+    queries = [" ".join(rng.choice(words, 5, replace=False)) for _ in range(10)]
+    for u in range(4):
+        # The same texts in other orders and with other weights for each user, so that the
+        # hour's first-seen order of the texts differs from any one user's.
+        for k, q in enumerate(rng.permutation(queries)[:8]):
+            at = H0 + timedelta(minutes=k)
+            add_event(con, f"u{u}-{k}", f"u{u}", "search", at, H0, query_text=str(q),
+                      weight=float(rng.uniform(0.2, 3.0)))
+    add_event(con, "v1", "u2", "view", H0, H0, item_id="m4", weight=1.0)
+    blend = replace(scoring_config(), interests_power=3.0)
+    embed_new_texts(con, "fake", lambda: fake_encoder, H0)
+    update_user_vectors(con, "fake", H0, H1, 24.0)
+    write_recommendations(con, "fake", H0, H1, 5, 24.0, 100, blend)
+    every = table_contents(con, "recommendations")
+    new_user = table_contents(con, "new_user_recommendations")
+    assert {row[0] for row in every} == {"u0", "u1", "u2", "u3"}
+    for u in ("u0", "u1", "u2", "u3"):
+        written = write_recommendations(
+            con, "fake", H0, H1, 5, 24.0, 100, blend, users={u}, new_user=False
+        )
+        assert written["users_recommended"] == 1
+        assert table_contents(con, "recommendations") == every
+    # Nobody: nothing is written, nothing removed; the new-visitor list is left alone.
+    con.execute("delete from new_user_recommendations")
+    assert write_recommendations(
+        con, "fake", H0, H1, 5, 24.0, 100, blend, users=set(), new_user=False
+    )["recommendations_written"] == 0
+    assert table_contents(con, "recommendations") == every
+    assert table_contents(con, "new_user_recommendations") == []
+    write_recommendations(con, "fake", H0, H1, 5, 24.0, 100, blend, users=set())
+    assert table_contents(con, "new_user_recommendations") == new_user
+
+
+def test_the_catalogue_kept_in_memory_follows_the_items_and_their_texts(con, fake_encoder):
+    from interest_pipeline.recommendations import _load_items
+
+    _catalogue(con)
+    embed_new_texts(con, "fake", lambda: fake_encoder, H0)
+    first = _load_items(con, "fake")
+    assert _load_items(con, "fake") is first  # nothing changed: nothing read again
+    add_item(con, "m6", "robots in paris")
+    con.execute(
+        "update item_documents set document = 'space opera', text_hash = sha256('space opera') "
+        "where item_id = 'm1'"
+    )
+    embed_new_texts(con, "fake", lambda: fake_encoder, H0)
+    second = _load_items(con, "fake")
+    assert second.ids.tolist() == ["m1", "m2", "m3", "m4", "m5", "m6"]
+    expected = fake_encoder.encode(["space opera", "robots in paris"])
+    assert np.array_equal(second.vectors[[0, 5]], np.asarray(expected, np.float32))
+    assert np.array_equal(second.vectors[1:5], first.vectors[1:5])
