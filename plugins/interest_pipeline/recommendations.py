@@ -55,6 +55,7 @@ interval, and the followers of every user with a new version (their social signa
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Collection, Sequence
@@ -158,6 +159,15 @@ class _Catalogue:
     hashes: np.ndarray
     vectors: np.ndarray
 
+    @functools.cached_property
+    def by_hash(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in hash order, the hashes in that order): sorted once per catalogue,
+        not once per hour."""
+        import numpy as np
+
+        order = np.argsort(self.hashes, kind="stable")
+        return order, self.hashes[order]
+
 
 # The catalogue last loaded per (warehouse file, model id). An embedding is a function of
 # (model id, text hash), so while the items' hashes are the same so are their vectors: an
@@ -203,9 +213,9 @@ def _text_vectors(
     if not len(catalogue.ids):
         return embeddings_of(con, model_id, hashes.tolist())
     out = np.zeros((len(hashes), catalogue.vectors.shape[1]), dtype=np.float32)
-    order = np.argsort(catalogue.hashes, kind="stable")
-    at = np.searchsorted(catalogue.hashes[order], hashes)
-    found = (at < len(order)) & (catalogue.hashes[order][np.minimum(at, len(order) - 1)] == hashes)
+    order, sorted_hashes = catalogue.by_hash
+    at = np.searchsorted(sorted_hashes, hashes)
+    found = (at < len(order)) & (sorted_hashes[np.minimum(at, len(order) - 1)] == hashes)
     out[found] = catalogue.vectors[order[at[found]]]
     if not found.all():
         out[~found] = embeddings_of(con, model_id, hashes[~found].tolist(), out.shape[1])
