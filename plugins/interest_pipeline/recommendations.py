@@ -677,7 +677,7 @@ class _Context:
             self.engaged = stats.engaged
             # Catalogue positions of the items nobody engaged with yet (in catalogue order).
             self.new_items = np.flatnonzero(~self.engaged)
-            self.behaviour = _cooccurrence(con, users, stats.cooccurrence)
+            self.behaviour = _Cooccurrence(con, len(users), stats.cooccurrence)
         finally:
             con.execute("drop table if exists _rec_engaged")
             con.unregister("_rec_users")
@@ -821,9 +821,9 @@ class _Context:
                   self.ev_coef[index[keep]])
         engaged = np.unique(owner[keep])
         out[engaged, 4] = own[engaged] / own[engaged].max(axis=1, keepdims=True)
+        ks, behaviour = self.behaviour.rows(users)
+        out[ks, 3] = behaviour
         for k, user in enumerate(users):
-            if user in self.behaviour:
-                out[k, 3] = self.behaviour[user]
             if user in self.social:
                 out[k, 6] = self.social[user]
             if user in self.social_vecs:
@@ -1219,46 +1219,57 @@ def _collect_engaged_pairs(con: duckdb.DuckDBPyConnection, interval_start: datet
     con.execute("drop table _rec_people")
 
 
-def _cooccurrence(
-    con: duckdb.DuckDBPyConnection, users: list[str], counts: sp.csr_matrix
-) -> dict[str, np.ndarray]:
+class _Cooccurrence:
     """B(u, .) for the users being scored (see the module docstring): the users' own items
-    (``_rec_engaged``, see :func:`_collect_engaged_pairs`) times the co-occurrence counts."""
-    import numpy as np
-    import pyarrow.compute as pc
-    import scipy.sparse as sp
+    (``_rec_engaged``, see :func:`_collect_engaged_pairs`) times the co-occurrence counts,
+    scaled to [0, 1] by each user's best item. Read once per hour; each block's rows are
+    computed when scored (:meth:`rows`), so memory follows a block, not the hour's users x
+    items."""
 
-    pairs = query_arrow(
-        con, "select user_id, j from _rec_engaged where user_id in (select user_id from _rec_users)"
-    )
-    if pairs.num_rows == 0:
-        return {}
-    encoded = pc.dictionary_encode(pairs.column("user_id").combine_chunks())
-    user_ids = encoded.dictionary.to_pylist()
-    x = sp.csr_matrix(
-        (
-            np.ones(pairs.num_rows),
-            (encoded.indices.to_numpy(), pairs.column("j").to_numpy()),
-        ),
-        shape=(len(user_ids), counts.shape[0]),
-    )
-    u_index = {u: n for n, u in enumerate(user_ids)}
-    scored = [u for u in users if u in u_index]
-    # Counts are whole numbers, so a dense product sums them exactly as the sparse one. Dense
-    # pays for itself when the users outnumber the items (a busy hour: it skips a sparse
-    # result about as dense as the catalogue) and the catalogue's square fits _POWERED_CELLS.
-    n_items = counts.shape[0]
-    dense = len(scored) >= n_items and n_items**2 <= _POWERED_CELLS
-    right = counts.toarray() if dense else counts
-    out: dict[str, np.ndarray] = {}
-    for start in range(0, len(scored), _USER_BLOCK):
-        block = scored[start : start + _USER_BLOCK]
-        values = x[[u_index[u] for u in block]] @ right
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, n_users: int, counts: sp.csr_matrix
+    ) -> None:
+        import numpy as np
+        import pyarrow.compute as pc
+        import scipy.sparse as sp
+
+        pairs = query_arrow(
+            con,
+            "select user_id, j from _rec_engaged "
+            "where user_id in (select user_id from _rec_users)",
+        )
+        encoded = pc.dictionary_encode(pairs.column("user_id").combine_chunks())
+        self._index = {u: n for n, u in enumerate(encoded.dictionary.to_pylist())}
+        n_items = counts.shape[0]
+        self._x = sp.csr_matrix(
+            (
+                np.ones(pairs.num_rows),
+                (encoded.indices.to_numpy(), pairs.column("j").to_numpy()),
+            ),
+            shape=(len(self._index), n_items),
+        )
+        # Counts are whole numbers, so a dense product sums them exactly as the sparse one
+        # (and each row's sum is the same whichever rows are in the product). Dense pays for
+        # itself when the users outnumber the items (a busy hour: it skips a sparse result
+        # about as dense as the catalogue) and the catalogue's square fits _POWERED_CELLS.
+        dense = n_users >= n_items and n_items**2 <= _POWERED_CELLS and bool(self._index)
+        self._right = counts.toarray() if dense else counts
+
+    def rows(self, users: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The positions in ``users`` of those with a co-occurrence row (some item of theirs
+        co-occurs with something), and those rows, (positions, items)."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        at = [(k, self._index[u]) for k, u in enumerate(users) if u in self._index]
+        if not at:
+            return np.zeros(0, np.int64), np.zeros((0, self._x.shape[1]))
+        ks = np.array([k for k, _ in at], dtype=np.int64)
+        values = self._x[[n for _, n in at]] @ self._right
         values = np.asarray(values.toarray() if sp.issparse(values) else values, np.float64)
         top = values.max(axis=1)
-        for k in np.flatnonzero(top > 0).tolist():
-            out[block[k]] = values[k] / top[k]
-    return out
+        keep = top > 0
+        return ks[keep], values[keep] / top[keep, None]
 
 
 def _popularity_prior(popularity: np.ndarray) -> np.ndarray:
