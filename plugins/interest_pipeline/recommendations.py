@@ -649,7 +649,7 @@ class _Context:
             self.consumed = _consumed(con, interval_start)
             rows = _evidence_contributions(con, model_id, interval_start, evidence_events)
             _collect_engaged_pairs(con, interval_start)
-            self.social, self.social_people = social_signal(
+            self.social = social_signal(
                 con, interval_start, interval_end, half_life_hours, n_items
             )
             self.social_vecs = social_vectors_as_of(con, model_id, interval_end, "_rec_users")
@@ -825,7 +825,7 @@ class _Context:
         out[ks, 3] = behaviour
         for k, user in enumerate(users):
             if user in self.social:
-                out[k, 6] = self.social[user]
+                out[k, 6] = self.social.row(user)
             if user in self.social_vecs:
                 out[k, 7] = self.item_vecs @ self.social_vecs[user][0]
         return out
@@ -851,7 +851,7 @@ class _Context:
         top = popularity.max() if len(popularity) else 0.0
         row = popularity / top if top > 0 else np.zeros_like(popularity)
         if boost:
-            row = row + boost * self.social.get(user, 0.0)
+            row = row + boost * self.social.row(user)
         row[~self.engaged] = -np.inf
         self._drop_consumed(user, row)
         return row
@@ -943,14 +943,13 @@ class _Context:
         it) or None; None for a user whose followees engaged with nothing. For a user with
         only follows (:meth:`follows_only`), whose list is the trending order, an item none
         of them engaged with is there for being trending, and says so."""
-        people = self.social_people.get(user)
-        if not people:
+        if user not in self.social:
             return None
-        signal = self.social[user]
+        people, signal = self.social.at(user, top)
         otherwise = TRENDING_EVIDENCE if self.follows_only(user) else None
         return [
-            social_evidence(people[j], signal[j]) if j in people else otherwise
-            for j in top.tolist()
+            social_evidence(int(n), float(x)) if n else otherwise
+            for n, x in zip(people.tolist(), signal.tolist(), strict=True)
         ]
 
 

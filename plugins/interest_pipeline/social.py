@@ -68,13 +68,72 @@ def follows_as_of(
     ).fetchall()
 
 
+class SocialSignal:
+    """Per scored user, the social feature over the catalogue, kept sparse: the catalogue
+    positions the people they follow engaged with, the feature there and how many of those
+    people. A dense row per user would cost users x catalogue floats (hundreds of MB for the
+    followers of an hour's users over a large catalogue); only the scored block's rows are
+    ever dense (:meth:`row`)."""
+
+    def __init__(
+        self,
+        users: list[str],
+        starts: np.ndarray,
+        items: np.ndarray,
+        values: np.ndarray,
+        people: np.ndarray,
+        n_items: int,
+    ) -> None:
+        # users[u]'s entries are items/values/people[starts[u]:starts[u + 1]], items ascending.
+        self._index = {user: k for k, user in enumerate(users)}
+        self._starts = starts
+        self._items = items
+        self._values = values
+        self._people = people
+        self._n_items = n_items
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _span(self, user: str) -> slice:
+        k = self._index[user]
+        return slice(int(self._starts[k]), int(self._starts[k + 1]))
+
+    def row(self, user: str) -> np.ndarray:
+        """The feature over the catalogue (zeros for a user whose followees engaged with
+        nothing)."""
+        import numpy as np
+
+        out = np.zeros(self._n_items, dtype=np.float64)
+        if user in self._index:
+            span = self._span(user)
+            out[self._items[span]] = self._values[span]
+        return out
+
+    def at(self, user: str, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At catalogue positions ``js``: how many people the user follows engaged with each
+        (0: none) and the feature there."""
+        import numpy as np
+
+        span = self._span(user)
+        items = self._items[span]
+        where = np.minimum(np.searchsorted(items, js), max(len(items) - 1, 0))
+        found = items[where] == js if len(items) else np.zeros(len(js), dtype=bool)
+        people = np.where(found, self._people[span][where], 0)
+        values = np.where(found, self._values[span][where], 0.0)
+        return people, values
+
+
 def social_signal(
     con: duckdb.DuckDBPyConnection,
     interval_start: datetime,
     interval_end: datetime,
     half_life_hours: float,
     n_items: int,
-) -> tuple[dict[str, np.ndarray], dict[str, dict[int, int]]]:
+) -> SocialSignal:
     """Per scored user: the social feature over the catalogue, and per item how many of the
     people they follow engaged with it (for the evidence).
 
@@ -82,8 +141,12 @@ def social_signal(
     (user, item position j, latest event) pairs) that the recommend stage prepared.
     """
     import numpy as np
+    import pyarrow.compute as pc
 
-    rows = con.execute(
+    from interest_pipeline.warehouse import query_arrow
+
+    table = query_arrow(
+        con,
         f"""
         with follows as ({follows_sql("user_id in (select user_id from _rec_users)")})
         select
@@ -98,20 +161,27 @@ def social_signal(
         order by 1, 2
         """,
         {"interval_start": interval_start, "end": interval_end, "half_life": half_life_hours},
-    ).fetchall()
-    scores: dict[str, np.ndarray] = {}
-    people: dict[str, dict[int, int]] = {}
-    for user, j, count, signal in rows:
-        if user not in scores:
-            scores[user] = np.zeros(n_items, dtype=np.float64)
-            people[user] = {}
-        scores[user][j] = signal
-        people[user][j] = count
-    for row in scores.values():
-        top = row.max()
-        if top > 0:
-            row /= top
-    return scores, people
+    )
+    # Rows come ordered by user: each user's entries are one run of the encoded column.
+    codes = pc.dictionary_encode(table.column("user_id").combine_chunks())
+    users = codes.dictionary.to_pylist()
+    idx = codes.indices.to_numpy()
+    starts = np.concatenate(
+        ([0], np.flatnonzero(idx[1:] != idx[:-1]) + 1, [len(idx)])
+    ).astype(np.int64)
+    values = table.column("signal").to_numpy().astype(np.float64)
+    if len(values):
+        # Scaled to [0, 1] by each user's best item (a user whose best is 0 stays 0).
+        top = np.repeat(np.maximum.reduceat(values, starts[:-1]), np.diff(starts))
+        np.divide(values, top, out=values, where=top > 0)
+    return SocialSignal(
+        users,
+        starts,
+        table.column("j").to_numpy().astype(np.int64),
+        values,
+        table.column("people").to_numpy().astype(np.int64),
+        n_items,
+    )
 
 
 def social_evidence(people: int, score: float) -> dict:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from interest_pipeline.embeddings import embed_new_texts
 from interest_pipeline.evidence import TRENDING_EVIDENCE
 from interest_pipeline.recommendations import ScoringConfig, write_recommendations
-from interest_pipeline.social import follows_as_of
+from interest_pipeline.social import follows_as_of, social_signal
 from interest_pipeline.user_vectors import update_user_vectors, vector_as_of
 from tests.builders import add_event, add_follow, add_item
 
@@ -293,3 +293,33 @@ def test_the_social_taste_feature_ranks_what_the_followees_are_into(con, fake_en
     _hour(con, fake_encoder, 0)
     own = _list(con, "u", H[1])
     assert own[0] == "light" and "shade" not in own[:2]
+
+
+def test_the_social_signal_counts_and_decays_each_users_followees_apart(con):
+    """Per follower: each followee's latest engagement with an item decayed by its age,
+    summed, scaled by that follower's best item; how many people is kept beside it."""
+    import numpy as np
+    import pyarrow as pa
+
+    end = H[1]
+    add_follow(con, "f1", "u", "a", H[0], H[0])
+    add_follow(con, "f2", "u", "b", H[0], H[0])
+    add_follow(con, "f3", "w", "b", H[0], H[0])
+    con.register("_rec_users", pa.table({"user_id": ["u", "v", "w"]}))
+    con.execute(
+        "create temp table _rec_engaged (user_id varchar, j integer, last_event_at timestamp)"
+    )
+    con.execute(
+        "insert into _rec_engaged values ('a', 2, ?), ('b', 2, ?), ('b', 0, ?)",
+        [end, end - timedelta(hours=24), end],
+    )
+
+    signal = social_signal(con, H[0], end, 24.0, 3)
+
+    # u: item 2 from a (1) and b a half-life ago (0.5), item 0 from b (1); best 1.5.
+    np.testing.assert_allclose(signal.row("u"), [1 / 1.5, 0.0, 1.0])
+    np.testing.assert_allclose(signal.row("w"), [1.0, 0.0, 0.5])
+    assert "v" not in signal and not signal.row("v").any()  # follows nobody
+    people, values = signal.at("u", np.array([0, 1, 2]))
+    assert people.tolist() == [1, 0, 2]
+    np.testing.assert_allclose(values, [1 / 1.5, 0.0, 1.0])
