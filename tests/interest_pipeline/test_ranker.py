@@ -282,7 +282,7 @@ def test_changed_data_at_a_memoized_cutoff_is_recomputed(con, fake_encoder, coun
 
 
 # --------------------------------------------------------------------------------------------
-# The social side: fitted only where it beats the same fit without it
+# The social side: its weights chosen on top of the fit without it
 # --------------------------------------------------------------------------------------------
 
 NO_SOCIAL = ",".join(f for f in FEATURES if f not in ranker.SOCIAL_FEATURES)
@@ -336,37 +336,68 @@ def _fit_with_and_without_social(con, monkeypatch) -> tuple[dict, dict, dict]:
     return json.loads(weights), json.loads(validation), json.loads(ablated)
 
 
-def test_a_social_side_that_does_not_beat_the_fit_without_it_is_left_out(
-    con, fake_encoder, monkeypatch
-):
+def test_a_misleading_social_side_weighs_nothing(con, fake_encoder, monkeypatch):
     """Following someone of the other family misleads: the social features weigh 0, and the
-    validation says why."""
+    rest is the fit without them."""
     _shop_with_follows(con, fake_encoder, step=6)
-    weights, validation, _ = _fit_with_and_without_social(con, monkeypatch)
-    assert validation["social_gain_95ci"][0] <= 0
+    weights, validation, ablated = _fit_with_and_without_social(con, monkeypatch)
+    assert validation["social"]["kept"] is False
     assert weights["social"] == weights["social_taste"] == 0.0
+    assert weights == ablated
 
 
-def test_a_left_out_social_side_gives_exactly_the_fit_without_it(
+def test_a_social_side_that_predicts_is_added_to_the_fit_without_it(
     con, fake_encoder, monkeypatch
 ):
-    """Whenever the social side is left out, the ranker is the one a run without the social
-    features fits, weight for weight (here a fit that beats poor defaults, with the social
-    decision forced)."""
+    """Following the user who buys today what you buy tomorrow predicts: the social weight is
+    chosen above 0, and every other weight is the one a run without the social features
+    fits (here a fit that beats poor defaults)."""
     _shop_with_follows(con, fake_encoder, step=1)
     poor = dict.fromkeys(FEATURES, 0.0) | {"popularity": -1.0}
     monkeypatch.setattr(ranker, "default_weights", lambda config: dict(poor))
-    monkeypatch.setattr(ranker, "_social_gain", lambda *args: (False, None, None))
     weights, validation, ablated = _fit_with_and_without_social(con, monkeypatch)
     assert validation["gain_95ci"][0] > 0  # fitted, not the defaults
-    assert weights == ablated and weights != poor
+    assert validation["social"]["kept"] is True and weights["social"] > 0
+    others = [f for f in FEATURES if f not in ranker.SOCIAL_FEATURES]
+    assert {f: weights[f] for f in others} == {f: ablated[f] for f in others}
+    assert ablated["social"] == ablated["social_taste"] == 0.0
 
 
-def test_a_social_side_that_predicts_is_kept(con, fake_encoder, monkeypatch):
-    _shop_with_follows(con, fake_encoder, step=1)
-    weights, validation, ablated = _fit_with_and_without_social(con, monkeypatch)
-    assert validation["social_gain_95ci"][0] > 0
-    assert weights["social"] > 0 and weights != ablated
+def _examples(social_points_at_relevant: list[bool], split: datetime) -> ranker._Examples:
+    """Three candidates a user: popularity ranks an irrelevant one first; the social feature
+    points at the relevant one (True) or at the other irrelevant one (False). One user per
+    entry, the first half before ``split``, the rest after."""
+    col = {f: k for k, f in enumerate(FEATURES)}
+    out = ranker._Examples()
+    half = len(social_points_at_relevant) // 2
+    for i, hit in enumerate(social_points_at_relevant):
+        x = np.zeros((3, len(FEATURES)))
+        x[:, col["popularity"]] = [1.0, 0.6, 0.5]  # candidate 1 is the relevant one
+        x[1 if hit else 2, col["social"]] = 1.0
+        out.x.append(x)
+        out.y.append(np.array([0.0, 1.0, 0.0]))
+        out.cutoff.append(split - timedelta(days=1) if i < half else split + timedelta(days=1))
+        out.core.append(np.array([True, True, False]))
+    return out
+
+
+def test_the_social_weight_is_chosen_on_the_earlier_cut_offs_and_checked_on_the_later():
+    split = DAY0 + timedelta(days=5)
+    core = dict.fromkeys(FEATURES, 0.0) | {"popularity": 1.0}
+    # Predicts on both sides of the split: chosen, just strong enough to lift the relevant
+    # candidate over the popular one.
+    weights, details = ranker._social_side(_examples([True] * 40, split), core, split)
+    assert details["kept"] is True and details["held_out_gain_95ci"][0] > 0
+    assert 0.4 < weights["social"] <= 1.0 and weights["popularity"] == 1.0
+    # Predicts before the split and misleads after it: the held-out check drops it.
+    weights, details = ranker._social_side(
+        _examples([True] * 20 + [False] * 20, split), core, split
+    )
+    assert details["train_shares"]["social"] > 0 and details["held_out_gain_95ci"][1] < 0
+    assert details["kept"] is False and weights == core
+    # Misleads everywhere: 0 is the best share.
+    weights, details = ranker._social_side(_examples([False] * 40, split), core, split)
+    assert details["train_shares"]["social"] == 0.0 and weights == core
 
 
 def test_the_social_boost_is_the_best_one_only_when_it_wins_beyond_noise():
