@@ -4,8 +4,8 @@
 
 Prints NDCG@10 and Recall@10 of both, the paired bootstrap 95 % interval of A - B over the
 pairs both runs scored, and the same for the users with fewer than 3 events of their own at T
-(where a social signal should matter most) and for those with none (known only through their
-follows). Both files must come from the same dataset window.
+(where a social signal should matter most), for the others, and for those with none (known
+only through their follows). Both files must come from the same dataset window.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def compare(a: dict, b: dict, label_a: str, label_b: str) -> dict:
         "all known users": keys,
         f"fewer than {FEW_OWN_EVENTS} own events": [
             k for k in keys if pa[k]["own_events"] < FEW_OWN_EVENTS
+        ],
+        f"{FEW_OWN_EVENTS} or more own events": [
+            k for k in keys if pa[k]["own_events"] >= FEW_OWN_EVENTS
         ],
         # Known only through whom they follow: the list is the people they follow's to make.
         "no own events (only follows)": [k for k in keys if pa[k]["own_events"] == 0],

@@ -95,7 +95,7 @@ def ceiling(data: Path) -> None:
                                     dtype=str).itertuples(index=False):
         friends.setdefault(user, set()).add(friend)
     shares = {"visited before": 0.0, "new to them": 0.0, "new, a friend visited it": 0.0}
-    pairs = 0
+    pairs, friends_only = 0, 0
     for cutoff in pd.date_range("2010-09-27", "2010-10-17", freq="6h"):
         seen = events[events.time < cutoff].groupby("user").venue.agg(set).to_dict()
         later = events[(events.time >= cutoff) & (events.time < cutoff + pd.Timedelta(hours=24))]
@@ -105,6 +105,7 @@ def ceiling(data: Path) -> None:
             pairs += 1
             own = seen.get(user, set())
             theirs = set().union(*(seen.get(f, set()) for f in friends.get(user, ())))
+            friends_only += len(theirs - own)
             for venue in venues:  # each user's later venues weigh 1 in all
                 shares["visited before"] += (venue in own) / len(venues)
                 shares["new to them"] += (venue not in own) / len(venues)
@@ -114,6 +115,7 @@ def ceiling(data: Path) -> None:
     print(f"{pairs} (cut-off, user) pairs; share of their later venues:")
     for name, total in shares.items():
         print(f"  {name:26} {total / pairs:.3f}")
+    print(f"venues friends visited and the user did not, per pair: {friends_only / pairs:.1f}")
 
 
 def main() -> None:
