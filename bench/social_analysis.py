@@ -46,7 +46,7 @@ def shares(workdir: Path, since: datetime) -> None:
         copy = Path(tmp) / "warehouse.duckdb"
         shutil.copy2(workdir / "warehouse.duckdb", copy)
         con = duckdb.connect(str(copy))
-        settings = ranker.ranker_settings()
+        settings, pipeline = ranker.ranker_settings(), get_settings()
         fits = con.execute(
             "select model_id, as_of, weights from rankers where as_of >= ? order by as_of",
             [since],
@@ -55,8 +55,8 @@ def shares(workdir: Path, since: datetime) -> None:
         gains: dict[tuple[str, float], list[np.ndarray]] = {}
         for model_id, as_of, weights in fits:
             cutoff = ranker._cutoff(
-                con, model_id, as_of, settings, get_settings().half_life_hours,
-                get_settings().evidence_events, scoring_config(),
+                con, model_id, as_of, settings, pipeline.half_life_hours,
+                pipeline.evidence_events, scoring_config(),
             )
             if not cutoff.y:
                 continue

@@ -825,7 +825,7 @@ class _Context:
         out[ks, 3] = behaviour
         for k, user in enumerate(users):
             if user in self.social:
-                out[k, 6] = self.social.row(user)
+                self.social.row(user, out=out[k, 6])
             if user in self.social_vecs:
                 out[k, 7] = self.item_vecs @ self.social_vecs[user][0]
         return out

@@ -102,12 +102,14 @@ class SocialSignal:
         k = self._index[user]
         return slice(int(self._starts[k]), int(self._starts[k + 1]))
 
-    def row(self, user: str) -> np.ndarray:
+    def row(self, user: str, out: np.ndarray | None = None) -> np.ndarray:
         """The feature over the catalogue (zeros for a user whose followees engaged with
-        nothing)."""
+        nothing), written into ``out`` (a zeroed row, e.g. the user's slice of the block's
+        features) when given, so that no row is made only to be copied."""
         import numpy as np
 
-        out = np.zeros(self._n_items, dtype=np.float64)
+        if out is None:
+            out = np.zeros(self._n_items, dtype=np.float64)
         if user in self._index:
             span = self._span(user)
             out[self._items[span]] = self._values[span]
