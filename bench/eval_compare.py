@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 from interest_pipeline.bootstrap import paired_bootstrap  # noqa: E402
+from interest_pipeline.recommendations import FEW_OWN_EVENTS  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@10")
-FEW_OWN_EVENTS = 3
 
 
 def pairs(result: dict) -> dict[tuple[str, str], dict[str, float]]:

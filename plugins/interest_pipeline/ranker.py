@@ -30,9 +30,11 @@ item, and a new-item indicator) is fitted from the warehouse's own history on a 
   lacking them computes (each user's candidates that another feature put there, the social
   columns 0). Each social weight is then chosen in turn on top of that fixed ranking, from
   ``SOCIAL_SHARES`` of the other weights' total, by NDCG@10 on the earlier cut-offs' candidates
-  with the social features' own (0 wins ties); a choice that ranks the held-out cut-offs worse
-  beyond noise (95 % interval of the gain below 0) is dropped, else the choice is made again on
-  every cut-off. The other weights are the fit without them whatever the graph says.
+  with the social features' own (0 wins ties). The users with a history of their own and those
+  with little (``SOCIAL_GROUPS``: their social features are different columns) get their own
+  weights, and each group's choice is checked apart: one that ranks the held-out cut-offs worse
+  beyond noise (95 % interval of the gain below 0) is dropped, else it is made again on every
+  cut-off. The other weights are the fit without them whatever the graph says.
 - **New visitors.** The list served to a user with no history is the recency-popularity order;
   its half-life is chosen from ``TRENDING_HALF_LIVES`` by NDCG@10 of the new users of the
   training cut-offs (users whose first event falls in ``[T, T + horizon)``).
@@ -85,9 +87,14 @@ TRENDING_HALF_LIVES = (6.0, 24.0, 72.0, 168.0, 720.0)
 # The weights of the social signal against trending tried for users with only follows
 # (:func:`_social_boost`); 0 (the new-visitor list itself) wins ties.
 SOCIAL_BOOSTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
-# The features the people a user follows make; their weights are chosen on top of the ranker
-# fitted without them (:func:`_fit_social`).
-SOCIAL_FEATURES = ("social", "social_taste")
+# The features the people a user follows make, per group of users: those with a history of
+# their own, and those with little (``recommendations.FEW_OWN_EVENTS``). Their weights are
+# chosen on top of the ranker fitted without them (:func:`_fit_social`), group by group.
+SOCIAL_GROUPS = (("social", "social_taste"), ("social_few", "social_taste_few"))
+SOCIAL_FEATURES = tuple(f for group in SOCIAL_GROUPS for f in group)
+# A ranker row written before the groups had their own weights weighs the users with little
+# history as everyone: their features take the weight of the feature they split from.
+_SPLIT_FROM = {"social_few": "social", "social_taste_few": "social_taste"}
 # The social features' weights tried, as shares of the other weights' total: from a tie-break
 # among items the user's own side ranks alike to a signal as strong as all the others.
 SOCIAL_SHARES = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -203,7 +210,11 @@ class Ranker:
 
         from interest_pipeline.recommendations import FEATURES
 
-        weights = np.array([self.weights.get(name, 0.0) for name in FEATURES], dtype=np.float64)
+        weights = np.array(
+            [self.weights.get(name, self.weights.get(_SPLIT_FROM.get(name, ""), 0.0))
+             for name in FEATURES],
+            dtype=np.float64,
+        )
         return weights * feature_mask()
 
     def social_boost(self) -> float:
@@ -226,8 +237,7 @@ def default_weights(config: ScoringConfig) -> dict[str, float]:
         "own_recency": 0.0,
         "new_item": 0.0,
         # Off until a fit adopts it: the data says how much the people one follows matter.
-        "social": 0.0,
-        "social_taste": 0.0,
+        **dict.fromkeys(SOCIAL_FEATURES, 0.0),
     }
 
 
@@ -812,8 +822,10 @@ def _without_social(examples: _Examples) -> _Examples:
     return out
 
 
-def _fit_social(examples: _Examples, w_core: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    """The core weights plus, for each social feature in turn, the share of
+def _fit_social(
+    examples: _Examples, w_core: np.ndarray, names: Sequence[str]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The core weights plus, for each social feature of ``names`` in turn, the share of
     :data:`SOCIAL_SHARES` (times the core weights' total) whose ranking of the candidates has
     the best mean NDCG@10 (0 wins ties). One weight at a time on top of a fixed ranking: a
     one-dimensional choice from thousands of users generalises, where a joint fit of every
@@ -827,7 +839,7 @@ def _fit_social(examples: _Examples, w_core: np.ndarray) -> tuple[np.ndarray, di
     scale = float(np.abs(w_core).sum()) or 1.0
     w = w_core.copy()
     shares: dict[str, float] = {}
-    for name in SOCIAL_FEATURES:
+    for name in names:
         k = FEATURES.index(name)
         scores = []
         for share in SOCIAL_SHARES:
@@ -840,14 +852,34 @@ def _fit_social(examples: _Examples, w_core: np.ndarray) -> tuple[np.ndarray, di
     return w, shares
 
 
+def _social_group(
+    train: _Examples, held: _Examples, examples: _Examples, w_core: np.ndarray,
+    names: Sequence[str],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One group's social weights (:func:`_fit_social`) on top of ``w_core``: chosen on
+    ``train``, left at 0 when that choice ranks ``held`` worse beyond noise (95 % interval of
+    the NDCG@10 gain below 0), else chosen again on all ``examples``. Returns (weights,
+    details)."""
+    w_train, shares = _fit_social(train, w_core, names)
+    details: dict[str, Any] = {"train_shares": shares}
+    if any(shares.values()):
+        held_out = _Stacked(held.x, held.y)
+        gain = paired_bootstrap(held_out.per_user(w_train), held_out.per_user(w_core))
+        details["held_out_gain_95ci"] = [round(gain["lo"], 4), round(gain["hi"], 4)]
+        if gain["hi"] < 0:
+            return w_core, {**details, "kept": False, "reason": "worse on the held-out cut-offs"}
+    w_all, shares = _fit_social(examples, w_core, names)
+    return w_all, {**details, "kept": any(shares.values()), "shares": shares}
+
+
 def _social_side(
     examples: _Examples, weights: dict[str, float], split: datetime
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """``weights`` (the ranker fitted without the social features) with the social
-    features' weights added by :func:`_fit_social`: chosen on the cut-offs up to ``split``,
-    left at 0 when that choice ranks the held-out cut-offs worse beyond noise (95 % interval
-    of the NDCG@10 gain below 0), else chosen again on every cut-off. Returns (weights,
-    details)."""
+    """``weights`` (the ranker fitted without the social features) with each group's social
+    features' weights added by :func:`_social_group`, the cut-offs up to ``split`` training
+    the choice and the later ones checking it. The groups' users are apart (a user's social
+    features are one group's columns), so each group's choice moves only its own users'
+    rankings. Returns (weights, details: per group, by its first feature, and ``kept``)."""
     import numpy as np
 
     from interest_pipeline.recommendations import FEATURES
@@ -856,17 +888,12 @@ def _social_side(
     train, held = _split(examples, split)
     if not (train.y and held.y):
         return weights, {"kept": False, "reason": "no held-out cut-off"}
-    w_train, shares = _fit_social(train, w_core)
-    details: dict[str, Any] = {"train_shares": shares}
-    if any(shares.values()):
-        held_out = _Stacked(held.x, held.y)
-        gain = paired_bootstrap(held_out.per_user(w_train), held_out.per_user(w_core))
-        details["held_out_gain_95ci"] = [round(gain["lo"], 4), round(gain["hi"], 4)]
-        if gain["hi"] < 0:
-            return weights, {**details, "kept": False, "reason": "worse on the held-out cut-offs"}
-    w_all, shares = _fit_social(examples, w_core)
-    details.update({"kept": any(shares.values()), "shares": shares})
-    social = {f: round(float(w_all[FEATURES.index(f)]), 6) for f in SOCIAL_FEATURES}
+    social: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    for names in SOCIAL_GROUPS:
+        w, details[names[0]] = _social_group(train, held, examples, w_core, names)
+        social |= {f: round(float(w[FEATURES.index(f)]), 6) for f in names}
+    details["kept"] = any(group["kept"] for group in details.values())
     return {**weights, **social}, details
 
 

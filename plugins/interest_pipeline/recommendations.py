@@ -34,6 +34,10 @@ history; the rest reads only the scored users' (and their followees') rows.
   follows (``user_social_vectors``, as of the interval). With ``content`` it fuses the user's
   own interest and their followees' into one direction, ``w_content v_u + w_social_taste s_u``,
   in the proportion the fit finds.
+- ``social_few``, ``social_taste_few``: the same two for a user with fewer than
+  ``FEW_OWN_EVENTS`` events of their own (among their latest ``evidence_events``), where
+  ``social`` and ``social_taste`` are 0 (and the other way round): what the people one follows
+  say counts for more when one has said little oneself, so the fit weighs the two groups apart.
 
 Only items the interest vector points towards qualify (``cos(v_u, e_j) > 0``): a user known
 only from cancellations gets no list rather than the items least like what they returned (or
@@ -610,7 +614,18 @@ FEATURES = (
     "new_item",
     "social",
     "social_taste",
+    "social_few",
+    "social_taste_few",
 )
+# A user with fewer events of their own than this (with a text, among their latest
+# evidence_events) has their social features in the ``_few`` columns: the issue's "little
+# history", where the graph has the most to add.
+FEW_OWN_EVENTS = 3
+# Where a user's (social, social_taste) go: the ``_few`` pair for a user with little history.
+_SOCIAL_COLUMNS = {
+    False: (FEATURES.index("social"), FEATURES.index("social_taste")),
+    True: (FEATURES.index("social_few"), FEATURES.index("social_taste_few")),
+}
 
 
 class _Context:
@@ -707,8 +722,18 @@ class _Context:
             ["event_type", "item_id", "text_kind", "title", "text", "event_at"]
         )
         self.ev_bounds = _group_bounds(ev_users, np.array(users, dtype=object))
+        # 1 on the first contribution of each event (an event's contributions are adjacent:
+        # the rows are ordered by user, time and event): a user's events are their sum.
+        ev_ids = rows.column("event_id").to_numpy(zero_copy_only=False)
+        self.ev_first = np.ones(len(ev_ids), dtype=np.int64)
+        self.ev_first[1:] = (ev_ids[1:] != ev_ids[:-1]) | (ev_users[1:] != ev_users[:-1])
         self._powered_rows: np.ndarray | None = None  # see _powered
         self._powered_done: np.ndarray | None = None
+
+    def own_events(self, user: str) -> int:
+        """The user's events with a text among their latest ``evidence_events``."""
+        lo, hi = self.ev_bounds.get(user, (0, 0))
+        return int(self.ev_first[lo:hi].sum())
 
     def has_taste(self, user: str) -> bool:
         """False for a user known only from negative signals (cancellations): the vector points
@@ -824,10 +849,11 @@ class _Context:
         ks, behaviour = self.behaviour.rows(users)
         out[ks, 3] = behaviour
         for k, user in enumerate(users):
+            signal, taste = _SOCIAL_COLUMNS[self.own_events(user) < FEW_OWN_EVENTS]
             if user in self.social:
-                self.social.row(user, out=out[k, 6])
+                self.social.row(user, out=out[k, signal])
             if user in self.social_vecs:
-                out[k, 7] = self.item_vecs @ self.social_vecs[user][0]
+                out[k, taste] = self.item_vecs @ self.social_vecs[user][0]
         return out
 
     def has_social(self, user: str) -> bool:

@@ -363,17 +363,19 @@ def test_a_social_side_that_predicts_is_added_to_the_fit_without_it(
     assert ablated["social"] == ablated["social_taste"] == 0.0
 
 
-def _examples(social_points_at_relevant: list[bool], split: datetime) -> ranker._Examples:
-    """Three candidates a user: popularity ranks an irrelevant one first; the social feature
-    points at the relevant one (True) or at the other irrelevant one (False). One user per
-    entry, the first half before ``split``, the rest after."""
+def _examples(
+    social_points_at_relevant: list[bool], split: datetime, feature: str = "social"
+) -> ranker._Examples:
+    """Three candidates a user: popularity ranks an irrelevant one first; the social
+    ``feature`` points at the relevant one (True) or at the other irrelevant one (False). One
+    user per entry, the first half before ``split``, the rest after."""
     col = {f: k for k, f in enumerate(FEATURES)}
     out = ranker._Examples()
     half = len(social_points_at_relevant) // 2
     for i, hit in enumerate(social_points_at_relevant):
         x = np.zeros((3, len(FEATURES)))
         x[:, col["popularity"]] = [1.0, 0.6, 0.5]  # candidate 1 is the relevant one
-        x[1 if hit else 2, col["social"]] = 1.0
+        x[1 if hit else 2, col[feature]] = 1.0
         out.x.append(x)
         out.y.append(np.array([0.0, 1.0, 0.0]))
         out.cutoff.append(split - timedelta(days=1) if i < half else split + timedelta(days=1))
@@ -387,17 +389,47 @@ def test_the_social_weight_is_chosen_on_the_earlier_cut_offs_and_checked_on_the_
     # Predicts on both sides of the split: chosen, just strong enough to lift the relevant
     # candidate over the popular one.
     weights, details = ranker._social_side(_examples([True] * 40, split), core, split)
-    assert details["kept"] is True and details["held_out_gain_95ci"][0] > 0
+    group = details["social"]
+    assert details["kept"] is True and group["held_out_gain_95ci"][0] > 0
     assert 0.4 < weights["social"] <= 1.0 and weights["popularity"] == 1.0
     # Predicts before the split and misleads after it: the held-out check drops it.
     weights, details = ranker._social_side(
         _examples([True] * 20 + [False] * 20, split), core, split
     )
-    assert details["train_shares"]["social"] > 0 and details["held_out_gain_95ci"][1] < 0
+    group = details["social"]
+    assert group["train_shares"]["social"] > 0 and group["held_out_gain_95ci"][1] < 0
     assert details["kept"] is False and weights == core
     # Misleads everywhere: 0 is the best share.
     weights, details = ranker._social_side(_examples([False] * 40, split), core, split)
-    assert details["train_shares"]["social"] == 0.0 and weights == core
+    assert details["social"]["train_shares"]["social"] == 0.0 and weights == core
+
+
+def test_the_users_with_little_history_get_their_own_social_weight():
+    """The people one follows predict for the users with little history of their own and
+    mislead the others: the ``_few`` weight is chosen, the other stays 0, each group's choice
+    checked on its own held-out users."""
+    split = DAY0 + timedelta(days=5)
+    core = dict.fromkeys(FEATURES, 0.0) | {"popularity": 1.0}
+    few = _examples([True] * 40, split, feature="social_few")
+    many = _examples([False] * 40, split)
+    both = ranker._Examples(
+        few.x + many.x, few.y + many.y, few.cutoff + many.cutoff, few.core + many.core
+    )
+    weights, details = ranker._social_side(both, core, split)
+    assert details["social_few"]["kept"] is True and 0.4 < weights["social_few"] <= 1.0
+    assert details["social"]["kept"] is False and weights["social"] == 0.0
+    assert details["kept"] is True
+
+
+def test_a_ranker_fitted_before_the_split_weighs_little_history_as_everyone():
+    """A rankers row without the ``_few`` weights (written before they existed) keeps scoring
+    every follower as it did; a row with them weighs the groups apart."""
+    col = {f: k for k, f in enumerate(FEATURES)}
+    old = ranker.Ranker("old", {"social": 0.2, "social_taste": 0.1}, 168.0)
+    w = old.weight_vector()
+    assert w[col["social_few"]] == 0.2 and w[col["social_taste_few"]] == 0.1
+    new = ranker.Ranker("new", {"social": 0.2, "social_taste": 0.1, "social_few": 0.0}, 168.0)
+    assert new.weight_vector()[col["social_few"]] == 0.0
 
 
 def test_the_social_boost_is_the_best_one_only_when_it_wins_beyond_noise():

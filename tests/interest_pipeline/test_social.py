@@ -323,3 +323,36 @@ def test_the_social_signal_counts_and_decays_each_users_followees_apart(con):
     people, values = signal.at("u", np.array([0, 1, 2]))
     assert people.tolist() == [1, 0, 2]
     np.testing.assert_allclose(values, [1 / 1.5, 0.0, 1.0])
+
+
+def test_a_users_social_features_are_those_of_their_history_group(con, fake_encoder):
+    """A follower with fewer than FEW_OWN_EVENTS events of their own has the people they
+    follow in the ``_few`` features, one with more in ``social`` and ``social_taste``, so the
+    fit weighs the two apart. An event with both an item and a query is one event."""
+    import numpy as np
+
+    from interest_pipeline.recommendations import FEATURES, FEW_OWN_EVENTS, _Context
+
+    _catalogue(con)
+    add_event(con, "e0", "a", "click", H[0], H[0], item_id="x")
+    add_event(con, "e1", "few", "search", H[0], H[0], item_id="y", query_text="lamp")
+    add_event(con, "e2", "few", "click", H[0], H[0], item_id="z")
+    for i in range(FEW_OWN_EVENTS):
+        add_event(con, f"m{i}", "many", "click", H[0], H[0], item_id="y")
+    add_follow(con, "f1", "few", "a", H[0], H[0])
+    add_follow(con, "f2", "many", "a", H[0], H[0])
+    embed_new_texts(con, "fake", lambda: fake_encoder, H[0])
+    update_user_vectors(con, "fake", H[0], H[1], 24.0)
+
+    users = ["few", "many"]
+    ctx = _Context(con, "fake", users, H[0], H[1], 24.0, 100, ScoringConfig())
+    assert [ctx.own_events(u) for u in users] == [2, FEW_OWN_EVENTS]
+    n = len(ctx.item_ids)
+    feats = ctx.block_features(users, np.zeros((2, n)), np.zeros((2, n)))
+    col = {f: k for k, f in enumerate(FEATURES)}
+    x = ctx.item_ids.tolist().index("x")
+    mine, theirs = ("social_few", "social_taste_few"), ("social", "social_taste")
+    for k, (has, lacks) in enumerate([(mine, theirs), (theirs, mine)]):
+        assert feats[k, col[has[0]], x] == 1.0  # a engaged with x
+        assert feats[k, col[has[1]]].any()
+        assert not feats[k, [col[f] for f in lacks]].any()
